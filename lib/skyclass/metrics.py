@@ -1,0 +1,430 @@
+"""Classification metrics for the evaluation stage: confusion matrix, precision/recall/F1, ROC AUC, comparison table.
+
+Pure numpy (scikit-learn is not part of the pinned stack). Conventions, chosen to match scikit-learn's
+``zero_division=0`` so numbers are comparable with the paper:
+
+* A ratio whose denominator is zero is reported as ``0.0`` and no warning is raised: precision of a class that
+  was never predicted, recall of a class with no true samples, and F1 when precision + recall == 0.
+* Weighted averages weight each class by its support (number of true samples); macro averages weight every
+  class equally, including classes with zero support.
+* ROC AUC is one-vs-rest per class. It is undefined when the test set has no positives or no negatives of
+  that class; the per-class value is then ``None`` in the metrics dict (``NaN`` from :func:`roc_auc`).
+
+Every dict returned here is JSON-serialisable: plain ``int``/``float``/``str``/``list``/``None``, no numpy types
+and no NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_CLASS_NAMES",
+    "confusion_matrix",
+    "classification_metrics",
+    "metrics_from_confusion",
+    "roc_curve",
+    "roc_auc",
+    "comparison_table",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLASS_NAMES: tuple[str, ...] = ("GALAXY", "STAR", "QSO")
+
+
+def _as_label_array(values, name: str, n_classes: int) -> np.ndarray:
+    """Return integer class indices in ``[0, n_classes)``; accepts Spark-style float labels such as 2.0."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of class indices, got an array of shape {array.shape}")
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype.kind == "b":
+        array = array.astype(np.int64)
+    if array.dtype.kind == "f":
+        # MLlib writes labels and predictions as doubles; accept them only if they are whole numbers.
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            raise ValueError(f"{name} must hold whole-number class indices, found non-integral or NaN values")
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        raise ValueError(
+            f"{name} must hold integer class indices 0..{n_classes - 1}, got dtype {array.dtype}; "
+            "map class names to indices first (e.g. GALAXY=0, STAR=1, QSO=2)"
+        )
+    array = array.astype(np.int64)
+    out_of_range = (array < 0) | (array >= n_classes)
+    if np.any(out_of_range):
+        bad = sorted(set(array[out_of_range].tolist()))[:5]
+        raise ValueError(f"{name} has class indices {bad} outside 0..{n_classes - 1} (n_classes={n_classes})")
+    return array
+
+
+def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """Elementwise numerator / denominator with 0.0 where the denominator is 0 (the documented convention)."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    out = np.zeros(np.broadcast(numerator, denominator).shape, dtype=np.float64)
+    np.divide(numerator, denominator, out=out, where=denominator != 0)
+    return out
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Count (true class, predicted class) pairs.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int
+        Class indices in ``[0, n_classes)``, same length. Whole-number floats (MLlib output) are accepted.
+    n_classes : int
+        Number of classes; fixes the matrix size even if some classes never occur.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_classes, n_classes)`` int64 array; rows are true classes, columns predicted classes.
+
+    Raises
+    ------
+    ValueError
+        If the inputs differ in length, are not 1-D, or hold indices outside ``[0, n_classes)``.
+    """
+    if int(n_classes) != n_classes or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
+    n_classes = int(n_classes)
+    true_idx = _as_label_array(y_true, "y_true", n_classes)
+    pred_idx = _as_label_array(y_pred, "y_pred", n_classes)
+    if true_idx.shape != pred_idx.shape:
+        raise ValueError(f"y_true has {true_idx.size} labels but y_pred has {pred_idx.size}; they must pair up")
+    flat = np.bincount(true_idx * n_classes + pred_idx, minlength=n_classes * n_classes)
+    return flat.reshape(n_classes, n_classes).astype(np.int64)
+
+
+def metrics_from_confusion(cm, class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> dict:
+    """Accuracy, per-class and averaged precision/recall/F1 from a confusion matrix alone.
+
+    Lets the evaluation job aggregate ``(label, prediction)`` counts in Spark and compute the metrics on the
+    driver from a ``k x k`` matrix, so the individual rows never have to be collected.
+
+    Parameters
+    ----------
+    cm : array-like of int, shape (k, k)
+        Rows are true classes, columns predicted classes (as from :func:`confusion_matrix`).
+    class_names : sequence of str
+        ``k`` names, in class-index order.
+
+    Returns
+    -------
+    dict
+        ``n``, ``accuracy``, ``precision_weighted``, ``recall_weighted``, ``f1_weighted``, ``f1_macro``,
+        ``per_class`` (name -> ``precision``, ``recall``, ``f1``, ``support``), ``confusion_matrix`` (list of
+        lists) and ``class_names``. Zero denominators give 0.0 (see the module docstring).
+
+    Raises
+    ------
+    ValueError
+        If ``cm`` is not square, does not match ``class_names``, holds negative or non-integer counts, or is all
+        zeros (no samples to evaluate).
+    """
+    names = [str(name) for name in class_names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names must be unique, got {names}")
+    matrix = np.asarray(cm)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"confusion matrix must be square (k x k), got shape {matrix.shape}")
+    if matrix.shape[0] != len(names):
+        raise ValueError(f"confusion matrix is {matrix.shape[0]}x{matrix.shape[0]} but {len(names)} class names given")
+    if matrix.dtype.kind not in "iuf" or not np.all(np.isfinite(matrix)) or np.any(matrix != np.round(matrix)):
+        raise ValueError("confusion matrix must hold whole-number counts")
+    if np.any(matrix < 0):
+        raise ValueError("confusion matrix holds negative counts")
+    matrix = matrix.astype(np.int64)
+    n_total = int(matrix.sum())
+    if n_total == 0:
+        raise ValueError("confusion matrix is all zeros: there are no evaluated samples (is the test split empty?)")
+
+    true_positives = np.diag(matrix)
+    support = matrix.sum(axis=1)  # true samples per class
+    predicted = matrix.sum(axis=0)  # predictions per class
+    precision = _safe_ratio(true_positives, predicted)
+    recall = _safe_ratio(true_positives, support)
+    f1 = _safe_ratio(2.0 * precision * recall, precision + recall)
+    weights = support / n_total
+
+    per_class = {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(names)
+    }
+    return {
+        "n": n_total,
+        "accuracy": float(true_positives.sum() / n_total),
+        "precision_weighted": float(np.sum(weights * precision)),
+        "recall_weighted": float(np.sum(weights * recall)),
+        "f1_weighted": float(np.sum(weights * f1)),
+        "f1_macro": float(np.mean(f1)),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "class_names": names,
+    }
+
+
+def _as_proba_array(proba, n_samples: int, n_classes: int) -> np.ndarray:
+    scores = np.asarray(proba, dtype=np.float64)
+    if scores.shape != (n_samples, n_classes):
+        raise ValueError(
+            f"proba must have shape (n_samples, n_classes) = ({n_samples}, {n_classes}), got {scores.shape}; "
+            "pass the model's softmax output / MLlib 'probability' vectors in class-index order"
+        )
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("proba holds NaN or infinite scores")
+    return scores
+
+
+def classification_metrics(y_true, y_pred, proba=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> dict:
+    """All evaluation metrics for one model on one test set.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int
+        True and predicted class indices (index ``i`` means ``class_names[i]``).
+    proba : array-like of float, shape (n_samples, n_classes), optional
+        Class scores (e.g. softmax output). When given, per-class one-vs-rest ROC AUC and its macro average are
+        added.
+    class_names : sequence of str
+        Class names in index order; their count fixes the number of classes.
+
+    Returns
+    -------
+    dict
+        Everything :func:`metrics_from_confusion` returns, plus, if ``proba`` is given, ``per_class[name]
+        ["roc_auc"]`` and ``roc_auc_ovr_macro``. A per-class AUC is ``None`` if the test set lacks positives or
+        negatives of that class; the macro average is taken over the classes where it is defined (``None`` if
+        none). JSON-serialisable.
+
+    Raises
+    ------
+    ValueError
+        On mismatched lengths, out-of-range labels, a ``proba`` of the wrong shape or non-finite scores, or an
+        empty test set.
+    """
+    names = [str(name) for name in class_names]
+    cm = confusion_matrix(y_true, y_pred, len(names))
+    result = metrics_from_confusion(cm, names)
+    if proba is None:
+        return result
+
+    true_idx = _as_label_array(y_true, "y_true", len(names))
+    scores = _as_proba_array(proba, true_idx.size, len(names))
+    defined_aucs = []
+    for i, name in enumerate(names):
+        auc = roc_auc(true_idx == i, scores[:, i])
+        if math.isnan(auc):
+            logger.warning("ROC AUC for class %s is undefined: the test set has only one side of %s-vs-rest", name, name)
+            result["per_class"][name]["roc_auc"] = None
+        else:
+            result["per_class"][name]["roc_auc"] = auc
+            defined_aucs.append(auc)
+    result["roc_auc_ovr_macro"] = float(np.mean(defined_aucs)) if defined_aucs else None
+    return result
+
+
+def _as_binary_inputs(y_true_binary, score) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(y_true_binary)
+    scores = np.asarray(score, dtype=np.float64)
+    if labels.ndim != 1 or scores.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(
+            f"y_true_binary and score must be 1-D and of equal length, got shapes {labels.shape} and {scores.shape}"
+        )
+    if labels.dtype.kind != "b":
+        if labels.size and not np.all(np.isin(labels, (0, 1))):
+            raise ValueError("y_true_binary must hold only 0/1 or True/False (use y_true == class_index)")
+        labels = labels.astype(bool)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("score holds NaN or infinite values")
+    return labels, scores
+
+
+def roc_curve(y_true_binary, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve points, one per distinct score, so tied scores move along a diagonal segment.
+
+    Parameters
+    ----------
+    y_true_binary : array-like of bool or {0, 1}
+        1 for the positive class.
+    score : array-like of float
+        Higher means more likely positive.
+
+    Returns
+    -------
+    fpr, tpr, thresholds : numpy.ndarray
+        ``fpr[i]``, ``tpr[i]`` are the rates when predicting positive for ``score >= thresholds[i]``.
+        Thresholds decrease; the first is ``+inf`` (point (0, 0)), the last is the lowest score (point (1, 1)).
+        No intermediate points are dropped.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are malformed, or if there are no positives or no negatives (the curve is undefined).
+    """
+    labels, scores = _as_binary_inputs(y_true_binary, score)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(
+            f"ROC curve needs both positives and negatives, got {n_pos} positives and {n_neg} negatives"
+        )
+    order = np.argsort(-scores, kind="mergesort")
+    sorted_scores = scores[order]
+    sorted_labels = labels[order]
+    # The last index of each run of equal scores: all tied samples cross the threshold together.
+    run_ends = np.flatnonzero(np.diff(sorted_scores)) if sorted_scores.size > 1 else np.array([], dtype=np.int64)
+    run_ends = np.append(run_ends, sorted_scores.size - 1)
+    cum_tp = np.cumsum(sorted_labels)[run_ends]
+    cum_fp = (run_ends + 1) - cum_tp
+    tpr = np.concatenate(([0.0], cum_tp / n_pos))
+    fpr = np.concatenate(([0.0], cum_fp / n_neg))
+    thresholds = np.concatenate(([np.inf], sorted_scores[run_ends]))
+    return fpr, tpr, thresholds
+
+
+def roc_auc(y_true_binary, score) -> float:
+    """Area under the ROC curve via the Mann–Whitney U statistic with mid-ranks for ties.
+
+    Equals the probability that a random positive scores above a random negative, counting ties as 1/2, which
+    is also the trapezoid area under :func:`roc_curve`. Constant scores give 0.5.
+
+    Parameters
+    ----------
+    y_true_binary : array-like of bool or {0, 1}
+    score : array-like of float
+
+    Returns
+    -------
+    float
+        AUC in ``[0, 1]``, or ``NaN`` if there are no positives or no negatives.
+
+    Raises
+    ------
+    ValueError
+        If the inputs are not 1-D of equal length, labels are not binary, or scores are not finite.
+    """
+    labels, scores = _as_binary_inputs(y_true_binary, score)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    unique_scores, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # Mid-rank (1-based) of each distinct score: tied samples share the average of the ranks they span.
+    rank_starts = np.cumsum(counts) - counts
+    mid_ranks = rank_starts + (counts + 1) / 2.0
+    rank_sum_pos = float(mid_ranks[inverse][labels].sum())
+    u_statistic = rank_sum_pos - n_pos * (n_pos + 1) / 2.0
+    return float(u_statistic / (n_pos * n_neg))
+
+
+def _column_value(metrics: Mapping, column: str):
+    """Look up a table column: a top-level metric, or ``<CLASS>_<metric>`` from ``per_class``."""
+    if column in metrics:
+        return metrics[column]
+    per_class = metrics.get("per_class", {})
+    # Class names may contain underscores, so try every split point rather than the first.
+    for split_at in range(len(column) - 1, 0, -1):
+        if column[split_at] != "_":
+            continue
+        class_name, metric_name = column[:split_at], column[split_at + 1:]
+        if class_name in per_class and metric_name in per_class[class_name]:
+            return per_class[class_name][metric_name]
+    raise KeyError(column)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def comparison_table(
+    results: Mapping[str, dict],
+    columns: Sequence[str] = ("accuracy", "f1_weighted", "f1_macro", "QSO_f1"),
+    *,
+    decimals: int = 4,
+) -> str:
+    """Markdown table comparing models, with the best value of each column in bold.
+
+    Parameters
+    ----------
+    results : mapping of str to dict
+        Model name -> metrics dict from :func:`classification_metrics` / :func:`metrics_from_confusion`. Row
+        order follows the mapping's order.
+    columns : sequence of str
+        Top-level metric keys, or ``<CLASS>_<metric>`` for a per-class value (``"QSO_f1"`` is
+        ``per_class["QSO"]["f1"]``). All columns are treated as higher-is-better.
+    decimals : int
+        Digits after the decimal point. Values that tie at this precision are all bold.
+
+    Returns
+    -------
+    str
+        The table, ending in a newline. A metric a model lacks shows as ``—``; an undefined one (``None``) as
+        ``n/a``.
+
+    Raises
+    ------
+    ValueError
+        If ``results`` or ``columns`` is empty.
+    KeyError
+        If a column exists in none of the models (most likely a typo).
+    """
+    if not results:
+        raise ValueError("comparison_table needs at least one model in results")
+    if not columns:
+        raise ValueError("comparison_table needs at least one column")
+
+    cells: dict[str, list] = {}
+    for column in columns:
+        values = []
+        for model_metrics in results.values():
+            try:
+                values.append(_column_value(model_metrics, column))
+            except KeyError:
+                values.append(KeyError)
+        if all(value is KeyError for value in values):
+            raise KeyError(
+                f"column {column!r} is in none of the results; use a top-level metric such as 'accuracy' or "
+                "'<CLASS>_<metric>' such as 'QSO_f1'"
+            )
+        cells[column] = values
+
+    def escape(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(["model", *map(escape, columns)]) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|",
+    ]
+    rendered_columns = []
+    for column in columns:
+        values = cells[column]
+        numeric = [round(float(v), decimals) for v in values if _is_number(v)]
+        best = max(numeric) if numeric else None
+        rendered = []
+        for value in values:
+            if value is KeyError:
+                rendered.append("—")
+            elif not _is_number(value):
+                rendered.append("n/a")
+            else:
+                text = f"{float(value):.{decimals}f}"
+                rendered.append(f"**{text}**" if round(float(value), decimals) == best else text)
+        rendered_columns.append(rendered)
+    for row_index, model_name in enumerate(results):
+        row = [escape(model_name)] + [rendered[row_index] for rendered in rendered_columns]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
