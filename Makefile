@@ -1,0 +1,42 @@
+# skyclass — see README.md. `make demo` and `make test` are all a fresh machine needs (Java 17 installed).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+# Horovod is compiled against the TensorFlow installed in the venv, with Gloo and without MPI/PyTorch/MXNet.
+HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
+	HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
+
+.PHONY: setup test test-fast demo bench bench-accuracy clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@command -v java >/dev/null || { echo "Java 17 is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v cmake >/dev/null || { echo "installing cmake (needed to build Horovod)"; apt-get update -qq && apt-get install -y -qq cmake; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 'setuptools<70' wheel
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -c "import horovod.tensorflow" 2>/dev/null || \
+		$(HOROVOD_ENV) $(PY) -m pip install --no-build-isolation --no-cache-dir 'horovod[spark]==0.28.1'
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -c "import horovod.tensorflow, petastorm, pyspark; from horovod.common.util import gloo_built; assert gloo_built()"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup
+	$(PY) deploy/demo.py
+
+bench: setup
+	$(PY) bench/run.py
+
+bench-accuracy: setup
+	$(PY) bench/accuracy.py
+
+clean:
+	rm -rf lake models predictions reports bench-results spark-warehouse

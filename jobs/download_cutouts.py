@@ -1,0 +1,12 @@
+"""spark-submit entry point: download image cutouts for lake objects that lack one.
+
+    spark-submit jobs/download_cutouts.py --conf conf/cluster.yaml [--set key=value ...]
+"""
+import sys
+
+from skyclass.cli import job_entry
+
+main = job_entry("cutouts")
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""spark-submit entry point: evaluate a model package against the classical baselines.
+
+    spark-submit jobs/evaluate.py --conf conf/cluster.yaml [--set key=value ...]
+"""
+import sys
+
+from skyclass.cli import job_entry
+
+main = job_entry("evaluate")
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""spark-submit entry point: label a lake catalog with a model package.
+
+    spark-submit jobs/score_catalog.py --conf conf/cluster.yaml [--set key=value ...]
+"""
+import sys
+
+from skyclass.cli import job_entry
+
+main = job_entry("score")
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""spark-submit entry point: train the model with Horovod on Spark.
+
+    spark-submit jobs/train.py --conf conf/cluster.yaml [--set key=value ...]
+"""
+import sys
+
+from skyclass.cli import job_entry
+
+main = job_entry("train")
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""The ``skyclass`` command: one subcommand per pipeline stage, each also a spark-submit-able file in ``jobs/``.
+
+Every subcommand takes ``--conf FILE`` (default ``conf/local.yaml``) and any number of ``--set section.key=value``.
+Subcommands are thin: parse arguments, load the config, build Spark, call one library function, print its summary.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import replace
+from typing import Callable, Sequence
+
+from skyclass.config import REPO_ROOT, ConfigError, load_config
+from skyclass.errors import SkyclassError
+
+log = logging.getLogger("skyclass")
+DEFAULT_CONF = REPO_ROOT / "conf" / "local.yaml"
+
+
+def _extract(spark, conf, args):
+    from skyclass import extract
+
+    if args.photometric:
+        return extract.extract_photometric(spark, conf, from_csv=args.from_csv)
+    return extract.extract_catalog(spark, conf, from_csv=args.from_csv)
+
+
+def _cutouts(spark, conf, args):
+    from skyclass.cutouts import download_cutouts
+
+    return download_cutouts(spark, conf)
+
+
+def _table(spark, conf, args):
+    from skyclass.training_table import build_training_table
+
+    return build_training_table(spark, conf)
+
+
+def _train(spark, conf, args):
+    from skyclass.train import train_model
+
+    return train_model(spark, conf)
+
+
+def _evaluate(spark, conf, args):
+    from skyclass.evaluate import evaluate
+
+    return evaluate(spark, conf)
+
+
+def _score(spark, conf, args):
+    from skyclass.score import score_catalog
+
+    return score_catalog(spark, conf)
+
+
+def _simulate(spark, conf, args):
+    from skyclass.simulate import simulate_lake
+
+    return simulate_lake(spark, conf, n_objects=args.objects, seed=args.seed)
+
+
+def _run(spark, conf, args):
+    from skyclass.pipeline import run_nightly
+
+    return run_nightly(spark, conf, retrain=args.retrain)
+
+
+def _standin(args):
+    from skyclass.standin.server import run_from_args
+
+    return run_from_args(args)
+
+
+def _add_standin_arguments(parser):
+    from skyclass.standin.server import add_cli_arguments
+
+    add_cli_arguments(parser)
+
+
+# name: (help, handler(spark, conf, args), argument adder)
+COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
+    "extract": ("extract labelled objects (or --photometric ones) from SkyServer or a CSV export into the lake",
+                _extract, lambda p: (
+                    p.add_argument("--from-csv", metavar="FILE",
+                                   help="import a SkyServer/CasJobs CSV export instead of querying SkyServer"),
+                    p.add_argument("--photometric", action="store_true",
+                                   help="unlabelled photometric objects (PhotoObj without spectrum) in the "
+                                        "configured extract.box_ra_deg/box_dec_deg"))),
+    "cutouts": ("download image cutouts for catalog objects that lack one", _cutouts, lambda p: (
+        p.add_argument("--catalog", choices=("catalog", "photometric"), help="lake table needing cutouts"),
+        p.add_argument("--max-objects", type=int, help="download at most this many (a sample)"))),
+    "table": ("join catalog and cutouts into the training table with its split and statistics", _table, None),
+    "train": ("train a model with Horovod on Spark, streamed from the lake by Petastorm", _train, lambda p: (
+        p.add_argument("--mode", choices=("tabular", "image", "multimodal")),
+        p.add_argument("--feature-set", choices=("photometric", "paper")))),
+    "evaluate": ("evaluate a model package and the classical baselines on the test split", _evaluate, lambda p: (
+        p.add_argument("--model", help="model package folder (default: the newest)"),)),
+    "score": ("label a lake catalog with a model package", _score, lambda p: (
+        p.add_argument("--model", help="model package folder (default: the newest)"),
+        p.add_argument("--catalog", choices=("catalog", "photometric")),
+        p.add_argument("--run-date", help="YYYY-MM-DD (default: today, UTC)"),
+        p.add_argument("--rescore", action="store_true",
+                       help="score objects already scored by this model version again"))),
+    "simulate": ("write a synthetic catalog and cutouts lake of any size, for load tests", _simulate, lambda p: (
+        p.add_argument("--objects", type=int, required=True, help="number of objects"),
+        p.add_argument("--seed", type=int, default=0))),
+    "run": ("the nightly chain: extract, cutouts, training table, train if needed, score, evaluate", _run,
+            lambda p: (p.add_argument("--retrain", action="store_true", help="train even if a model exists"),)),
+}
+
+# Command-line flags that are shorthands for config keys.
+_FLAG_TO_KEY = {
+    "catalog": {"cutouts": "cutouts.catalog", "score": "score.catalog"},
+    "max_objects": {"cutouts": "cutouts.max_objects"},
+    "mode": {"train": "train.mode"},
+    "feature_set": {"train": "train.feature_set"},
+    "model": {"evaluate": "evaluate.model", "score": "score.model"},
+    "run_date": {"score": "score.run_date"},
+    "rescore": {"score": "score.rescore"},
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skyclass", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _, add_args) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _add_common(p)
+        if add_args:
+            add_args(p)
+    p = sub.add_parser("standin", help="serve the SkyServer stand-in (SqlSearch, ImgCutout) on 127.0.0.1",
+                       description="serve the SkyServer stand-in (SqlSearch, ImgCutout) on 127.0.0.1; "
+                                   "its cutouts are SIMULATED images for tests and demos")
+    _add_standin_arguments(p)
+    return parser
+
+
+def _add_common(p):
+    p.add_argument("--conf", default=str(DEFAULT_CONF) if DEFAULT_CONF.exists() else None,
+                   help="YAML config (default: conf/local.yaml of the checkout, else built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set skyserver.url=http://127.0.0.1:8089/dr17")
+
+
+def _overrides_from_flags(args) -> list[str]:
+    items = []
+    for flag, by_command in _FLAG_TO_KEY.items():
+        value = getattr(args, flag, None)
+        key = by_command.get(args.command)
+        if key and value not in (None, False):
+            items.append(f"{key}={'true' if value is True else value}")
+    return items
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=os.environ.get("SKYCLASS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("py4j", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``skyclass`` console script and of every file in ``jobs/``."""
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    if args.command == "standin":
+        return _standin(args) or 0
+    try:
+        conf = load_config(args.conf, [*args.overrides, *_overrides_from_flags(args)])
+    except ConfigError as err:
+        print(f"skyclass {args.command}: configuration error: {err}", file=sys.stderr)
+        return 2
+    from skyclass.session import build_spark
+
+    spark = build_spark(replace(conf.spark, app_name=f"{conf.spark.app_name}-{args.command}"))
+    try:
+        result = COMMANDS[args.command][1](spark, conf, args)
+    except SkyclassError as err:
+        print(f"skyclass {args.command}: {err}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    if result is not None:
+        print(result)
+    return 0
+
+
+def job_entry(command: str) -> Callable[[Sequence[str] | None], int]:
+    """The ``main(argv=None)`` of a ``jobs/`` file: the ``skyclass COMMAND`` subcommand under spark-submit."""
+
+    def job_main(argv: Sequence[str] | None = None) -> int:
+        return main([command, *(sys.argv[1:] if argv is None else argv)])
+
+    job_main.__doc__ = f"spark-submit entry point of `skyclass {command}`."
+    return job_main
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The lake's tables: each schema is declared once here, and the Spark schema, the Arrow schema and the Petastorm
+reader fields are derived from it.
+
+Layout under ``lake.root`` (see README "The lake")::
+
+    catalog/              labelled objects (PhotoObj JOIN SpecObj), Parquet
+    photometric/          unlabelled photometric objects (PhotoObj without spectrum), Parquet
+    cutouts/              JPEG cutouts at the training size with objid, ra, dec, scale, size, fetch time
+    cutout_failures/      objects whose download failed, with the reason; retried on the next run
+    training/train|validation|test/   catalog JOIN cutouts with label, split and features
+    training/stats.json   per-feature mean/std (training split only), label counts, class names
+"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+MAGNITUDES = ("u", "g", "r", "i", "z")
+COLOURS = ("u_g", "g_r", "r_i", "i_z")  # u-g, g-r, r-i, i-z
+# Photometry of an object without a spectrum: the only set that can score the photometric catalog.
+PHOTOMETRIC_FEATURES = MAGNITUDES + COLOURS
+# The literature's tables add the spectroscopic redshift, which only labelled objects have.
+PAPER_FEATURES = PHOTOMETRIC_FEATURES + ("redshift",)
+FEATURE_SETS = {"photometric": PHOTOMETRIC_FEATURES, "paper": PAPER_FEATURES}
+
+# Quality values of catalog rows (the first rule that fails wins).
+QUALITY_OK = "ok"
+QUALITY_ZWARNING = "zwarning"
+QUALITY_BAD_PHOTOMETRY = "bad_photometry"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    nullable: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
+
+    def spark_schema(self):
+        """The Spark ``StructType`` of this table."""
+        from pyspark.sql import types as T
+
+        return T.StructType([T.StructField(c.name, _spark_type(c.type), c.nullable) for c in self.columns])
+
+    def with_columns(self, extra: Sequence[Column]) -> "Table":
+        """This table with further columns appended (configurable photometry columns)."""
+        have = set(self.names)
+        return Table(self.name, self.columns + tuple(c for c in extra if c.name not in have))
+
+
+def _spark_type(t: pa.DataType):
+    from pyspark.sql import types as T
+
+    if pa.types.is_int64(t):
+        return T.LongType()
+    if pa.types.is_int32(t):
+        return T.IntegerType()
+    if pa.types.is_float64(t):
+        return T.DoubleType()
+    if pa.types.is_float32(t):
+        return T.FloatType()
+    if pa.types.is_string(t):
+        return T.StringType()
+    if pa.types.is_binary(t):
+        return T.BinaryType()
+    if pa.types.is_boolean(t):
+        return T.BooleanType()
+    if pa.types.is_timestamp(t):
+        return T.TimestampType()
+    if pa.types.is_decimal(t):
+        return T.DecimalType(t.precision, t.scale)
+    raise TypeError(f"no Spark type declared for Arrow type {t}")
+
+
+# specObjID exceeds the signed 64-bit range (up to ~1.3e19): exact as DECIMAL(20,0), never float.
+SPECOBJID_TYPE = pa.decimal128(20, 0)
+
+_MAG_COLUMNS = tuple(Column(m, pa.float64(), doc=f"{m} magnitude (modelMag)") for m in MAGNITUDES)
+
+CATALOG = Table("catalog", (
+    Column("objid", pa.int64(), False, "PhotoObj objID"),
+    Column("specobjid", SPECOBJID_TYPE, False, "SpecObj specObjID (unsigned 64-bit)"),
+    Column("ra", pa.float64(), False, "degrees"),
+    Column("dec", pa.float64(), False, "degrees"),
+    *_MAG_COLUMNS,
+    Column("class", pa.string(), False, "SpecObj class: GALAXY, STAR or QSO"),
+    Column("redshift", pa.float64(), doc="SpecObj z"),
+    Column("zwarning", pa.int64(), doc="SpecObj zWarning (0 = no known problem)"),
+    Column("quality", pa.string(), False, "ok | zwarning | bad_photometry"),
+))
+
+PHOTOMETRIC = Table("photometric", (
+    Column("objid", pa.int64(), False, "PhotoObj objID"),
+    Column("ra", pa.float64(), False, "degrees"),
+    Column("dec", pa.float64(), False, "degrees"),
+    *_MAG_COLUMNS,
+    Column("quality", pa.string(), False, "ok | bad_photometry"),
+))
+
+CUTOUTS = Table("cutouts", (
+    Column("objid", pa.int64(), False),
+    Column("ra", pa.float64(), False),
+    Column("dec", pa.float64(), False),
+    Column("scale_arcsec_per_px", pa.float64(), False),
+    Column("size_px", pa.int32(), False),
+    Column("jpeg", pa.binary(), False, "JPEG bytes as served by ImgCutout/getjpeg"),
+    Column("fetched_at", pa.timestamp("us"), False),
+))
+
+CUTOUT_FAILURES = Table("cutout_failures", (
+    Column("objid", pa.int64(), False),
+    Column("ra", pa.float64(), False),
+    Column("dec", pa.float64(), False),
+    Column("reason", pa.string(), False),
+    Column("attempts", pa.int32(), False),
+    Column("failed_at", pa.timestamp("us"), False),
+))
+
+TRAINING = Table("training", (
+    Column("objid", pa.int64(), False),
+    Column("split", pa.string(), False, "train | validation | test"),
+    Column("label", pa.int32(), False, "index into CLASSES"),
+    Column("class", pa.string(), False),
+    *(Column(f, pa.float32(), doc="feature") for f in PAPER_FEATURES),
+    Column("jpeg", pa.binary(), True, "cutout JPEG; null when the object has none"),
+))
+
+PREDICTIONS = Table("predictions", (
+    Column("objid", pa.int64(), False),
+    Column("predicted_class", pa.string(), True),
+    Column("p_galaxy", pa.float32(), True),
+    Column("p_star", pa.float32(), True),
+    Column("p_qso", pa.float32(), True),
+    Column("model_version", pa.string(), False),
+    Column("status", pa.string(), False, "ok | no_cutout | bad_photometry"),
+))
+
+SPLITS = ("train", "validation", "test")
+
+
+def training_split_path(lake_root: str, split: str) -> str:
+    """Folder of one split of the training table (each split is its own Parquet dataset, for Petastorm)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return os.path.join(lake_root, "training", split)
+
+
+def training_stats_path(lake_root: str) -> str:
+    return os.path.join(lake_root, "training", "stats.json")
+
+
+def replace_directory(spark, path: str, write: Callable[[str], None]) -> None:
+    """Write a table to a staging folder, then swap it in for ``path``, so readers never see half a table.
+
+    Parameters
+    ----------
+    spark : SparkSession
+        Used for its Hadoop file system, so the swap works on local disk, HDFS and object stores alike.
+    path : str
+        Final location.
+    write : callable
+        ``write(staging_path)`` writes the complete new table there.
+    """
+    staging = f"{path.rstrip('/')}.staging-{uuid.uuid4().hex[:8]}"
+    write(staging)
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    final = jvm.org.apache.hadoop.fs.Path(path)
+    fs = final.getFileSystem(conf)
+    previous = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}.previous-{uuid.uuid4().hex[:8]}")
+    # Keep the old table until the new one is in place: a crash between the renames leaves one of them whole.
+    had_old = fs.exists(final)
+    if had_old:
+        fs.rename(final, previous)
+    if not fs.rename(jvm.org.apache.hadoop.fs.Path(staging), final):
+        if had_old:
+            fs.rename(previous, final)
+        raise OSError(f"could not move {staging} to {path}")
+    if had_old:
+        fs.delete(previous, True)
+
+
+def table_exists(spark, path: str) -> bool:
+    """True when ``path`` holds a Parquet table (a ``_SUCCESS`` marker or any Parquet file)."""
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    fs = p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(p):
+        return False
+    return any(s.getPath().getName().endswith(".parquet") or s.getPath().getName() == "_SUCCESS"
+               for s in fs.listStatus(p))

@@ -1,0 +1,42 @@
+"""Building the SparkSession from config. Only entry points (``jobs/``, the CLI, test fixtures) call this: library
+functions take ``spark`` as an argument."""
+from __future__ import annotations
+
+import os
+import sys
+
+from skyclass.config import SparkConfig
+
+
+def build_spark(conf: SparkConfig):
+    """Create (or return the running) SparkSession described by ``conf``.
+
+    Parameters
+    ----------
+    conf : SparkConfig
+        ``master`` None leaves the master to ``spark-submit``.
+
+    Returns
+    -------
+    pyspark.sql.SparkSession
+    """
+    from pyspark.sql import SparkSession
+
+    # Executors must run the same interpreter as the driver (the project's venv), or pickled functions break.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(conf.app_name)
+    if conf.master:
+        builder = builder.master(conf.master)
+    settings = {
+        "spark.sql.shuffle.partitions": str(conf.shuffle_partitions),
+        "spark.driver.memory": conf.driver_memory,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        # Parquet timestamps as microseconds: Petastorm and pandas read INT96 poorly.
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    }
+    settings.update(conf.extra)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
