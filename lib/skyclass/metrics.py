@@ -153,7 +153,6 @@ def metrics_from_confusion(cm, class_names: Sequence[str] = DEFAULT_CLASS_NAMES)
     precision = _safe_ratio(true_positives, predicted)
     recall = _safe_ratio(true_positives, support)
     f1 = _safe_ratio(2.0 * precision * recall, precision + recall)
-    weights = support / n_total
 
     per_class = {
         name: {
@@ -167,9 +166,9 @@ def metrics_from_confusion(cm, class_names: Sequence[str] = DEFAULT_CLASS_NAMES)
     return {
         "n": n_total,
         "accuracy": float(true_positives.sum() / n_total),
-        "precision_weighted": float(np.sum(weights * precision)),
-        "recall_weighted": float(np.sum(weights * recall)),
-        "f1_weighted": float(np.sum(weights * f1)),
+        "precision_weighted": float(np.dot(support, precision) / n_total),
+        "recall_weighted": float(np.dot(support, recall) / n_total),
+        "f1_weighted": float(np.dot(support, f1) / n_total),
         "f1_macro": float(np.mean(f1)),
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
