@@ -1,0 +1,1 @@
+"""A local stand-in for SkyServer (SqlSearch and ImgCutout) for tests and offline runs."""
