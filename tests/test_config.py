@@ -1,0 +1,80 @@
+"""Configuration: YAML files load into typed sections, overrides apply, and bad input names the key and file."""
+import dataclasses
+
+import pytest
+
+from skyclass.config import REPO_ROOT, ConfigError, load_config
+
+LOCAL = REPO_ROOT / "conf" / "local.yaml"
+CLUSTER = REPO_ROOT / "conf" / "cluster.yaml"
+
+
+def test_shipped_configs_load():
+    local = load_config(LOCAL)
+    cluster = load_config(CLUSTER)
+    assert local.skyserver.url.startswith("http://127.0.0.1")
+    assert cluster.skyserver.url == "https://skyserver.sdss.org/dr17"
+    assert cluster.spark.master is None  # spark-submit decides the master on a cluster
+    assert cluster.skyserver.max_queries_per_s <= 1.0  # SkyServer's documented 60 queries/min
+
+
+def test_override_types_follow_the_field():
+    conf = load_config(LOCAL, ["train.epochs=3", "skyserver.url=http://127.0.0.1:9/dr16",
+                               "extract.photo_columns=[ra, dec, psfMag_r]", "score.model=null",
+                               "cutouts.scale_arcsec_per_px=1"])
+    assert conf.train.epochs == 3
+    assert conf.skyserver.url == "http://127.0.0.1:9/dr16"
+    assert conf.extract.photo_columns == ("ra", "dec", "psfMag_r")
+    assert conf.score.model is None
+    assert conf.cutouts.scale_arcsec_per_px == 1.0 and isinstance(conf.cutouts.scale_arcsec_per_px, float)
+
+
+def test_configs_are_frozen():
+    conf = load_config(LOCAL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        conf.train.epochs = 1
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=many", ["train.epochs", "integer", "local.yaml"]),
+    ("train.epoch=3", ["unknown key train.epoch", "local.yaml", "epochs"]),
+    ("nosuch.key=1", ["unknown key nosuch", "local.yaml"]),
+    ("cutouts.size_px=4096", ["cutouts.size_px", "64..2048"]),
+    ("split.train=0.9", ["sum to 1"]),
+    ("train.mode=vision", ["train.mode", "tabular, image, multimodal", "vision"]),
+    ("skyserver.url=ftp://x", ["skyserver.url", "http"]),
+    ("skyserver.max_queries_per_s=0", ["skyserver.max_queries_per_s", "> 0"]),
+    ("train.batch_norm=maybe", ["train.batch_norm", "true or false"]),
+    ("train", ["section.key=value"]),
+])
+def test_bad_values_name_key_and_file(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(LOCAL, [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_bad_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("train:\n  epochs: 2\n  learning_rate: fast\n")
+    with pytest.raises(ConfigError, match=r"train.learning_rate in .*wrong.yaml must be a number"):
+        load_config(wrong)
+
+
+def test_relative_lake_paths_resolve_against_repo_and_uris_pass():
+    conf = load_config(LOCAL, ["lake.models=hdfs:///m"])
+    assert conf.lake.table("catalog") == str(REPO_ROOT / "lake" / "catalog")
+    assert conf.lake.path("models") == "hdfs:///m"
+
+
+def test_to_dict_is_plain_data():
+    import json
+
+    data = load_config(LOCAL).to_dict()
+    assert json.loads(json.dumps(data))["train"]["mode"] == "multimodal"

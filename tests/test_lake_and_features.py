@@ -1,0 +1,98 @@
+"""Lake schemas, the atomic table swap, and the features shared by training and scoring."""
+import io
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from skyclass import features, lake
+
+
+def test_schemas_derive_consistently():
+    for table in (lake.CATALOG, lake.PHOTOMETRIC, lake.CUTOUTS, lake.CUTOUT_FAILURES, lake.TRAINING,
+                  lake.PREDICTIONS):
+        spark_schema = table.spark_schema()
+        assert [f.name for f in spark_schema.fields] == table.names == table.arrow_schema().names
+    # specObjID beyond 2**63 must be exact: DECIMAL(20,0) holds 2**64-1.
+    assert lake.CATALOG.spark_schema()["specobjid"].dataType.simpleString() == "decimal(20,0)"
+    assert pa.array([2**64 - 1], type=lake.SPECOBJID_TYPE)[0].as_py() == 2**64 - 1
+
+
+def test_with_columns_appends_once():
+    extra = lake.CATALOG.with_columns([lake.Column("psfMag_r", pa.float64()), lake.Column("ra", pa.float64())])
+    assert extra.names == lake.CATALOG.names + ["psfMag_r"]
+
+
+def test_replace_directory_swaps_whole_table(spark, tmp_path):
+    path = str(tmp_path / "t")
+    lake.replace_directory(spark, path, lambda p: spark.range(5).write.parquet(p))
+    lake.replace_directory(spark, path, lambda p: spark.range(3).write.parquet(p))
+    assert spark.read.parquet(path).count() == 3
+    assert lake.table_exists(spark, path)
+    assert not lake.table_exists(spark, str(tmp_path / "nothing"))
+    assert sorted(os.listdir(tmp_path)) == ["t"]  # no staging or previous folders left behind
+
+
+def test_replace_directory_keeps_old_table_when_write_fails(spark, tmp_path):
+    path = str(tmp_path / "t")
+    lake.replace_directory(spark, path, lambda p: spark.range(4).write.parquet(p))
+
+    def broken(p):
+        raise RuntimeError("executor lost")
+
+    with pytest.raises(RuntimeError):
+        lake.replace_directory(spark, path, broken)
+    assert spark.read.parquet(path).count() == 4
+
+
+def test_colours_spark_and_pandas_agree_and_null_sentinels(spark):
+    frame = pd.DataFrame({"u": [19.0, -9999.0, 21.5], "g": [18.0, 17.0, 20.25], "r": [17.5, 16.5, 20.0],
+                          "i": [17.25, 16.0, 19.5], "z": [17.0, 15.75, 41.0]})
+    got = features.add_colours(spark.createDataFrame(frame)).toPandas()
+    # By hand: row 0 u-g=1, g-r=0.5, r-i=0.25, i-z=0.25; row 1 has u=-9999 → u-g unusable;
+    # row 2 has z=41 (implausible) → i-z unusable.
+    assert got.loc[0, ["u_g", "g_r", "r_i", "i_z"]].tolist() == [1.0, 0.5, 0.25, 0.25]
+    assert pd.isna(got.loc[1, "u_g"]) and got.loc[1, "g_r"] == 0.5
+    assert pd.isna(got.loc[2, "i_z"]) and got.loc[2, "u_g"] == 1.25
+    pandas_got = features.add_colours_pandas(frame)
+    pd.testing.assert_frame_equal(pandas_got[["u_g", "g_r", "r_i", "i_z"]], got[["u_g", "g_r", "r_i", "i_z"]])
+    assert features.photometry_ok_pandas(frame).tolist() == [True, False, False]
+    ok = spark.createDataFrame(frame).select(features.photometry_ok_column().alias("ok")).toPandas()["ok"]
+    assert ok.tolist() == [True, False, False]
+
+
+def test_standardise_uses_stored_stats_and_zeroes_missing():
+    frame = pd.DataFrame({"a": [1.0, 3.0, np.nan], "b": [10.0, 10.0, 12.0]})
+    stats = {"a": {"mean": 2.0, "std": 1.0}, "b": {"mean": 10.0, "std": 2.0}}
+    got = features.standardise(frame, ["b", "a"], stats)
+    np.testing.assert_array_equal(got, np.array([[0, -1], [0, 1], [1, 0]], dtype=np.float32))
+    with pytest.raises(KeyError, match="'c'"):
+        features.standardise(frame, ["c"], stats)
+
+
+def test_feature_sets():
+    assert features.feature_names("photometric") == ("u", "g", "r", "i", "z", "u_g", "g_r", "r_i", "i_z")
+    assert features.feature_names("paper")[-1] == "redshift"
+    with pytest.raises(ValueError, match="photometric"):
+        features.feature_names("spectro")
+
+
+def _jpeg(colour, size):
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_decode_jpegs_scales_resizes_and_masks_broken():
+    blobs = [_jpeg((255, 0, 0), 64), None, b"not a jpeg", _jpeg((0, 0, 255), 128)]
+    images, ok = features.decode_jpegs(blobs, 64)
+    assert images.shape == (4, 64, 64, 3) and images.dtype == np.float32
+    assert ok.tolist() == [True, False, False, True]
+    assert images[0, 32, 32, 0] > 0.95 and images[0, 32, 32, 2] < 0.05
+    assert images[3, 10, 10, 2] > 0.95  # 128 px resized down to 64
+    assert not images[1].any() and not images[2].any()
+    with pytest.raises(features.CutoutDecodeError):
+        features.decode_jpeg(b"\xff\xd8garbage", 64)
