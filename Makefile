@@ -30,7 +30,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 demo: setup
-	$(PY) deploy/demo.py
+	$(VENV)/bin/skyclass demo
 
 bench: setup
 	$(PY) bench/run.py

@@ -69,6 +69,12 @@ def _run(spark, conf, args):
     return run_nightly(spark, conf, retrain=args.retrain)
 
 
+def _demo(spark, conf, args):
+    from skyclass.demo import run_demo
+
+    return run_demo(spark, conf)
+
+
 def _standin(args):
     from skyclass.standin.server import run_from_args
 
@@ -110,6 +116,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         p.add_argument("--seed", type=int, default=0))),
     "run": ("the nightly chain: extract, cutouts, training table, train if needed, score, evaluate", _run,
             lambda p: (p.add_argument("--retrain", action="store_true", help="train even if a model exists"),)),
+    "demo": ("the whole pipeline on this machine against the SkyServer stand-in (what `make demo` runs)", _demo,
+             None),
 }
 
 # Command-line flags that are shorthands for config keys.
