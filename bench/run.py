@@ -25,7 +25,8 @@ def main(argv=None) -> int:
         print(f"\n=== bench: {name} ===", flush=True)
         started = time.monotonic()
         module = importlib.import_module(f"{name}_bench")
-        code = module.main([])
+        sys.argv = [f"{name}_bench.py"]  # each bench parses its own defaults
+        code = module.main()
         print(f"=== bench {name}: {'ok' if not code else f'exit {code}'} in {time.monotonic() - started:.0f} s ===")
         if code:
             failed.append(name)
