@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skyclass.standin.render import SkyObject, _random_neighbours, render_array, render_cutout
+from skyclass.standin.render import (SkyObject, _add_moffat, _add_sersic, _random_neighbours, _Shape, _Source,
+                                     render_array, render_cutout)
 
 RA0, DEC0 = 150.1234567, 30.0  # a mid-declination field, so that the cos(dec) factor of RA offsets matters
 SDSS_SCALE = 0.396
@@ -181,6 +182,23 @@ def test_about_one_field_in_four_has_faint_neighbours_never_on_the_target():
             assert math.hypot(neighbour.x_px - 32, neighbour.y_px - 32) * SDSS_SCALE >= 4.0
             assert neighbour.flux_nmgy[1] < 10 ** (-0.4 * (20.5 - 22.5))  # fainter than r = 20.5
     assert 0.18 <= with_neighbours / 400 <= 0.32
+
+
+@pytest.mark.parametrize("shape", [
+    _Shape(is_galaxy=True, sersic_n=1, half_light_radius_arcsec=3.0, axis_ratio=0.3, position_angle_rad=0.7),
+    _Shape(is_galaxy=True, sersic_n=4, half_light_radius_arcsec=1.0, axis_ratio=1.0, position_angle_rad=0.0),
+    _Shape(is_galaxy=False, sersic_n=1, half_light_radius_arcsec=1.0, axis_ratio=1.0, position_angle_rad=0.0),
+])
+def test_profiles_hold_the_catalogue_flux(shape):
+    """Summing the pixels checks the analytic normalisations (incomplete gamma, Moffat) independently."""
+    flux_nmgy = np.array([100.0, 50.0, 20.0])
+    image = np.zeros((3, 400, 400))
+    source = _Source(x_px=200.3, y_px=199.8, flux_nmgy=flux_nmgy, shape=shape)
+    if shape.is_galaxy:
+        _add_sersic(image, source, SDSS_SCALE, fwhm_px=3.6, threshold_nmgy=1e-7)
+    else:
+        _add_moffat(image, source, fwhm_px=3.6, threshold_nmgy=1e-7)
+    np.testing.assert_allclose(image.sum(axis=(1, 2)), flux_nmgy, rtol=0.005)
 
 
 @pytest.mark.parametrize("kwargs", [
