@@ -190,6 +190,8 @@ class EvaluateConfig:
                                 "linear_svc", "mlp")
     feature_sets: Sequence[str] = FEATURE_SETS
     output: Optional[str] = None  # report folder; None = <lake.reports>/<model version>
+    # Image/multimodal results are labelled SIMULATED unless the cutouts are known to be real SDSS images.
+    cutouts_are_simulated: bool = True
 
     def validate(self, where: str) -> None:
         for fs in self.feature_sets:
