@@ -50,3 +50,31 @@ def _yaml(value):
     import json
 
     return json.dumps(value) if not isinstance(value, str) else value
+
+
+@pytest.fixture
+def standin_factory():
+    """``standin_factory(catalogs=None, faults=None, row_cap=500_000, release="dr17")``: start a SkyServer
+    stand-in on a free loopback port (default catalogs: 2,000 labelled + 500 photometric rows made in code);
+    every server started is stopped at the end of the test."""
+    from catalog_fixture import make_labelled, make_photometric
+    from skyclass.standin.server import Faults, StandinServer
+
+    started = []
+
+    def make(catalogs=None, faults=None, row_cap=500_000, release="dr17"):
+        if catalogs is None:
+            catalogs = [make_labelled(2000, seed=0), make_photometric(500, seed=1)]
+        server = StandinServer(catalogs, faults=faults or Faults(), row_cap=row_cap, release=release).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def standin(standin_factory):
+    """A started SkyServer stand-in over a 2,000-row labelled catalog and 500 photometric objects."""
+    return standin_factory()
