@@ -172,6 +172,8 @@ class TrainConfig:
     num_proc: int = 2  # Horovod processes: 2 here, one per GPU on a cluster
     steps_per_epoch: Optional[int] = None  # None = one pass over the shard
     version: Optional[str] = None  # model package name; None = a UTC timestamp
+    # Where rank 0 checkpoints each epoch (a run with the same version resumes from it); None = <models>/<version>.checkpoints
+    checkpoint_dir: Optional[str] = None
     class_weights: bool = True
 
     def validate(self, where: str) -> None:
