@@ -1,0 +1,186 @@
+"""The SkyServer client against the stand-in on 127.0.0.1: parsing, retries, rate limit, error detection, SQL
+builders and value validation."""
+from __future__ import annotations
+
+import threading
+import time
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+
+from catalog_fixture import make_labelled
+from skyclass.config import SkyServerConfig
+from skyclass.skyserver import (SkyServerClient, SkyServerHTTPError, SkyServerQueryError, SkyServerResponseError,
+                                SkyServerUnavailable, SqlValueError, parse_csv_result, release_url, render_sql,
+                                request_url, sql_class, sql_float, sql_identifier, sql_int, sql_search_request)
+from skyclass.standin.server import Faults
+
+
+def _client(url, **kw):
+    settings = dict(timeout_s=5, retries=3, backoff_s=0.01, max_backoff_s=0.05, max_requests_per_s=1000, seed=0)
+    settings.update(kw)
+    return SkyServerClient(url, **settings)
+
+
+def test_sql_search_request_and_url_without_network():
+    path, params = sql_search_request("SELECT TOP 1 objID FROM PhotoObj")
+    assert path == "SkyServerWS/SearchTools/SqlSearch"
+    assert params == {"cmd": "SELECT TOP 1 objID FROM PhotoObj", "format": "csv"}
+    url = request_url("https://skyserver.sdss.org/dr17/", path, params)
+    assert url == ("https://skyserver.sdss.org/dr17/SkyServerWS/SearchTools/SqlSearch?"
+                   "cmd=SELECT+TOP+1+objID+FROM+PhotoObj&format=csv")
+    assert parse_qs(urlsplit(url).query)["cmd"] == ["SELECT TOP 1 objID FROM PhotoObj"]
+    assert release_url("https://skyserver.sdss.org/dr17", "dr16") == "https://skyserver.sdss.org/dr16"
+    with pytest.raises(ValueError):
+        sql_search_request("SELECT 1", fmt="xml")
+
+
+def test_catalog_template_renders_exact_ids():
+    sql = render_sql("catalog_page", top=sql_int(5), photo_columns="p.ra, p.u",
+                     after_specobjid=sql_int(2**63 + 7), range_end=sql_int(2**64 - 1))
+    assert "SELECT TOP 5" in sql
+    assert "WHERE s.specObjID > 9223372036854775815 AND s.specObjID <= 18446744073709551615" in sql
+    assert sql.endswith("ORDER BY s.specObjID")
+    assert "--" not in sql  # comments dropped
+
+
+@pytest.mark.parametrize("bad", ["1; DROP TABLE SpecObj", 1.5, True, "12", None, Decimal("1.5")])
+def test_sql_int_rejects_non_integers(bad):
+    with pytest.raises(SqlValueError):
+        sql_int(bad)
+
+
+def test_sql_value_validators():
+    assert sql_int(np.uint64(2**64 - 1)) == "18446744073709551615"
+    assert sql_int(Decimal(12)) == "12"
+    with pytest.raises(SqlValueError):
+        sql_int(-1, minimum=0)
+    assert sql_float(230.1) == "230.1"
+    for bad in ("230.1 OR 1=1", float("nan"), False):
+        with pytest.raises(SqlValueError):
+            sql_float(bad)
+    assert sql_class("QSO") == "'QSO'"
+    with pytest.raises(SqlValueError):
+        sql_class("QSO' OR '1'='1")
+    assert sql_identifier("psfMag_r") == "psfMag_r"
+    for bad in ("r, (SELECT 1)", "1r", "r--", "r;", ""):
+        with pytest.raises(SqlValueError):
+            sql_identifier(bad)
+    with pytest.raises(SqlValueError, match="not allowed"):
+        sql_identifier("petroRad_r", allowed=("u", "g"))
+    with pytest.raises(SqlValueError):
+        render_sql("catalog_page", top=5, photo_columns="p.ra", after_specobjid="0", range_end="1")
+
+
+def test_parse_csv_keeps_ids_exact():
+    text = "#Table1\nobjID,specObjID,ra\n1237645000000000001,18446744073709551615,1.5\n2,9223372036854775808,2\n"
+    frame = parse_csv_result(text, "test")
+    assert frame["objID"].dtype == np.int64 and frame["specObjID"].dtype == np.uint64
+    assert [int(v) for v in frame["specObjID"]] == [2**64 - 1, 2**63]
+    assert int(frame["objID"][0]) == 1237645000000000001
+    with pytest.raises(SkyServerResponseError):
+        parse_csv_result("<html>Server Error</html>", "test")
+
+
+def test_sql_round_trips_specobjid_above_2_63(standin_factory):
+    frame = make_labelled(200, seed=2)
+    server = standin_factory([frame])
+    with _client(server.url) as client:
+        got = client.sql("SELECT specObjID, bestObjID FROM SpecObj ORDER BY specObjID")
+    assert [int(v) for v in got["specObjID"]] == sorted(int(v) for v in frame["specobjid"])
+    assert max(int(v) for v in got["specObjID"]) > 2**63
+
+
+def test_sql_error_raises_query_error_naming_the_query(standin):
+    with _client(standin.url) as client, pytest.raises(SkyServerQueryError, match="nosuchcol.*query: SELECT TOP 1"):
+        client.sql("SELECT TOP 1 nosuchcol FROM SpecObj")
+    assert standin.stats()["sqlsearch"]["requests"] == 1  # a bad query is not retried
+
+
+def test_error_page_with_http_200_raises_naming_the_query(standin):
+    standin.faults = Faults(error_body_rate=1.0)
+    with _client(standin.url, retries=1) as client, pytest.raises(SkyServerResponseError, match="SELECT TOP 2"):
+        client.sql("SELECT TOP 2 objID FROM PhotoObj")
+
+
+def test_retries_5xx_and_429_then_succeeds(standin):
+    standin.faults = Faults(error_rate=0.4, throttle_rate=0.3, retry_after_s=0.05, seed=3)
+    with _client(standin.url, retries=8) as client:
+        for _ in range(5):
+            assert len(client.sql("SELECT TOP 3 objID FROM PhotoObj")) == 3
+    stats = standin.stats()["sqlsearch"]
+    assert stats.get("429", 0) + stats.get("500", 0) + stats.get("503", 0) > 0
+    assert stats["200"] == 5
+
+
+def test_429_retry_after_is_honoured(standin):
+    standin.faults = Faults(throttle_rate=1.0, retry_after_s=0.4)
+    with _client(standin.url, retries=1) as client, pytest.raises(SkyServerHTTPError, match="HTTP 429"):
+        client.sql("SELECT TOP 1 objID FROM PhotoObj")
+    first, second = standin.request_times("sqlsearch")
+    assert second - first >= 0.4  # backoff alone would be <= 0.05 s
+
+
+def test_timeouts_are_retried_until_the_server_recovers(standin):
+    standin.faults = Faults(latency_ms=700)
+    recover = threading.Timer(0.6, lambda: setattr(standin, "faults", Faults()))
+    recover.start()
+    try:
+        with _client(standin.url, timeout_s=0.25, retries=6, backoff_s=0.1, max_backoff_s=0.2) as client:
+            assert len(client.sql("SELECT TOP 2 objID FROM PhotoObj")) == 2
+            assert client.requests_sent >= 2
+    finally:
+        recover.cancel()
+
+
+def test_timeouts_on_every_attempt_raise_unavailable(standin):
+    standin.faults = Faults(latency_ms=500)
+    with _client(standin.url, timeout_s=0.1, retries=1) as client, \
+            pytest.raises(SkyServerUnavailable, match="within 0.1 s.*SELECT TOP 1"):
+        client.sql("SELECT TOP 1 objID FROM PhotoObj")
+
+
+def test_404_is_not_retried(standin):
+    with _client(standin.url.replace("/dr17", "/dr99")) as client, pytest.raises(SkyServerHTTPError, match="404"):
+        client.sql("SELECT TOP 1 objID FROM PhotoObj")
+    assert standin.stats()["other"]["requests"] == 1
+
+
+def test_connection_refused_raises_unavailable():
+    with _client("http://127.0.0.1:9/dr17", retries=1) as client, pytest.raises(SkyServerUnavailable):
+        client.sql("SELECT 1")
+
+
+def test_rate_limit_spaces_requests(standin):
+    with _client(standin.url, max_requests_per_s=20) as client:
+        for _ in range(6):
+            client.sql("SELECT TOP 1 objID FROM PhotoObj")
+    times = standin.request_times("sqlsearch")
+    assert len(times) == 6
+    # Sent 1/20 s apart; arrival times jitter with thread scheduling, so check spans of 3 gaps.
+    assert min(times[k + 3] - times[k] for k in range(3)) >= 3 * 0.05 * 0.8
+    assert times[-1] - times[0] >= 5 * 0.05 * 0.95
+
+
+def test_rate_limit_holds_across_threads(standin):
+    with _client(standin.url, max_requests_per_s=25) as client:
+        workers = [threading.Thread(target=lambda: [client.sql("SELECT TOP 1 objID FROM PhotoObj")
+                                                    for _ in range(3)]) for _ in range(3)]
+        started = time.monotonic()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    assert time.monotonic() - started >= 8 * 0.04 * 0.95
+    times = sorted(standin.request_times("sqlsearch"))
+    assert len(times) == 9
+    assert min(times[k + 4] - times[k] for k in range(5)) >= 4 * 0.04 * 0.8
+
+
+def test_from_config_divides_the_rate():
+    conf = SkyServerConfig(url="http://127.0.0.1:1/dr17", max_queries_per_s=1.0)
+    client = SkyServerClient.from_config(conf, max_requests_per_s=conf.max_queries_per_s / 4)
+    assert client._limiter.interval_s == pytest.approx(4.0)
+    assert SkyServerClient.from_config(conf)._limiter.interval_s == pytest.approx(1.0)
