@@ -39,7 +39,7 @@ CLASS_MIX = {"GALAXY": 0.45, "STAR": 0.32, "QSO": 0.23}
 SIMULATED_OBJID_BASE = 1_237_700_000_000_000_000
 _OBJIDS_PER_SEED = 10**10
 # specObjIDs straddle 2**63 like real DR16+ ids, so DECIMAL(20,0) handling is exercised too.
-_SPECOBJID_BASE = 2**63 - 2**40
+_SPECOBJID_BASE = 2**63 - 8192 * 100
 SENTINEL_MAG = -9999.0
 # Cutouts are rendered and yielded in chunks of this many rows, which bounds a task's memory (~2 KB per JPEG).
 _RENDER_CHUNK_ROWS = 1000
