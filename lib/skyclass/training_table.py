@@ -1,0 +1,324 @@
+"""The training table: catalog JOIN cutouts with label, a deterministic train/validation/test split, photometric
+features and the training split's feature statistics.
+
+Reads ``lake/catalog`` and ``lake/cutouts``; writes ``lake/training/{train,validation,test}/`` (schema
+:data:`skyclass.lake.TRAINING`, plain Parquet with several row groups per file so Petastorm can shard them) and
+``lake/training/stats.json``. The whole ``training`` folder is swapped in atomically, so a reader sees either the
+previous table or the new one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Sequence
+
+from skyclass import features, lake
+from skyclass.config import CLASSES, Config, SplitConfig
+from skyclass.errors import SkyclassError
+
+log = logging.getLogger(__name__)
+
+# The split key is the first 13 hex digits (52 bits) of sha256("<salt>:<objid>"): exact in a double, and anyone
+# can recompute an object's split with hashlib, outside Spark.
+SPLIT_HASH_HEX_DIGITS = 13
+# Features stored in the table and described in stats.json: every feature of every feature set.
+TABLE_FEATURES = lake.PAPER_FEATURES
+# Hidden (underscore) partition folder Spark writes before the folders are renamed to train/validation/test.
+_SPLIT_FOLDER_COLUMN = "_split_folder"
+# Bytes of a training row besides its JPEG (ids, label, class, ten float32 features, Parquet overhead).
+_ROW_OVERHEAD_BYTES = 120
+
+
+class TrainingTableError(SkyclassError):
+    """The training table cannot be built from what the lake holds."""
+
+
+@dataclass
+class TrainingTableResult:
+    path: str
+    rows: dict  # split -> rows written
+    excluded: dict  # reason -> catalog rows left out
+    without_cutout: int  # rows with good photometry and a label left out because they have no cutout
+    tabular_only: bool  # no cutouts at all: jpeg is null everywhere
+    stats_path: str
+    elapsed_s: float
+    label_counts: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        total = sum(self.rows.values())
+        lines = [f"training table: {total:,} rows in {self.path}",
+                 "  " + ", ".join(f"{split} {self.rows.get(split, 0):,}" for split in lake.SPLITS),
+                 "  train labels: " + ", ".join(f"{c} {self.label_counts.get(c, 0):,}" for c in CLASSES)]
+        if self.excluded:
+            lines.append("  excluded: " + ", ".join(f"{reason} {n:,}" for reason, n in sorted(self.excluded.items())))
+        if self.tabular_only:
+            lines.append("  WARNING: no cutouts in the lake; tabular-only table (jpeg is null). "
+                         "Run `skyclass cutouts` for image/multimodal training.")
+        lines.append(f"  statistics (train split) in {self.stats_path}; {self.elapsed_s:.1f} s")
+        return "\n".join(lines)
+
+
+def split_fraction_column(salt: str):
+    """Spark Column: a number in [0, 1) fixed by ``salt`` and ``objid`` alone (uniform over objects).
+
+    Equal to ``int(sha256(f"{salt}:{objid}").hexdigest()[:13], 16) / 16**13``.
+    """
+    from pyspark.sql import functions as F
+
+    digest = F.sha2(F.concat(F.lit(f"{salt}:"), F.col("objid").cast("string")), 256)
+    key = F.conv(F.substring(digest, 1, SPLIT_HASH_HEX_DIGITS), 16, 10).cast("double")
+    return key / float(16 ** SPLIT_HASH_HEX_DIGITS)
+
+
+def split_column(split: SplitConfig):
+    """Spark Column: ``train``, ``validation`` or ``test`` for each object, by :func:`split_fraction_column`."""
+    from pyspark.sql import functions as F
+
+    fraction = split_fraction_column(split.salt)
+    return (F.when(fraction < split.train, "train")
+            .when(fraction < split.train + split.validation, "validation")
+            .otherwise("test"))
+
+
+def label_column():
+    """Spark Column: int32 position of ``class`` in :data:`skyclass.config.CLASSES` (null for any other class)."""
+    from pyspark.sql import functions as F
+
+    label = F.lit(None).cast("int")
+    for index in reversed(range(len(CLASSES))):
+        label = F.when(F.col("class") == CLASSES[index], F.lit(index)).otherwise(label)
+    return label.cast("int")
+
+
+def exclusion_reason_column():
+    """Spark Column: why a catalog row cannot be a training row (null when it can).
+
+    The catalog's ``quality`` (``zwarning``, ``bad_photometry``) comes first; a class outside CLASSES is
+    ``unknown_class``.
+    """
+    from pyspark.sql import functions as F
+
+    return (F.when(F.col("quality") != lake.QUALITY_OK, F.col("quality"))
+            .when(~F.col("class").isin(*CLASSES), F.lit("unknown_class")))
+
+
+def training_rows(catalog, cutouts, split: SplitConfig):
+    """Catalog rows usable for training → rows of :data:`skyclass.lake.TRAINING` (a pure DataFrame transform).
+
+    Parameters
+    ----------
+    catalog : pyspark.sql.DataFrame
+        Rows of ``lake/catalog`` that passed :func:`exclusion_reason_column` (quality ok, known class).
+    cutouts : pyspark.sql.DataFrame or None
+        ``objid`` and ``jpeg`` of ``lake/cutouts``; rows without a cutout are dropped. None: no cutouts at all,
+        ``jpeg`` is null in every row (a tabular-only table).
+    split : SplitConfig
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        TRAINING columns in TRAINING order; features as float32 (NaN stored as null).
+    """
+    from pyspark.sql import functions as F
+
+    rows = features.add_colours(catalog)
+    if cutouts is None:
+        rows = rows.withColumn("jpeg", F.lit(None).cast("binary"))
+    else:
+        rows = rows.join(cutouts.select("objid", "jpeg"), on="objid", how="inner")
+    rows = rows.withColumn("split", split_column(split)).withColumn("label", label_column())
+    for name in TABLE_FEATURES:
+        value = F.col(name).cast("float")
+        # NaN would poison Spark's mean/std and the standardisation; null is skipped by both.
+        rows = rows.withColumn(name, F.when(F.isnan(value), F.lit(None).cast("float")).otherwise(value))
+    schema = lake.TRAINING.spark_schema()
+    return rows.select(*[F.col(f.name).cast(f.dataType) for f in schema.fields])
+
+
+def feature_stats(train, names: Sequence[str] = TABLE_FEATURES) -> dict:
+    """Mean and population standard deviation of each feature over ``train`` (nulls skipped), computed in Spark.
+
+    Parameters
+    ----------
+    train : pyspark.sql.DataFrame
+        The training split.
+    names : sequence of str
+
+    Returns
+    -------
+    dict
+        ``{feature: {"mean": float, "std": float}}``; a feature with no values gets mean 0 and std 1 so that
+        standardising it is harmless.
+    """
+    from pyspark.sql import functions as F
+
+    aggregates = []
+    for name in names:
+        aggregates += [F.avg(name).alias(f"{name}__mean"), F.stddev_pop(name).alias(f"{name}__std")]
+    row = train.agg(*aggregates).collect()[0]
+    stats = {}
+    for name in names:
+        mean, std = row[f"{name}__mean"], row[f"{name}__std"]
+        if mean is None or std is None or not math.isfinite(mean) or not math.isfinite(std):
+            log.warning("feature %s has no finite values in the training split; storing mean 0, std 1", name)
+            mean, std = 0.0, 1.0
+        stats[name] = {"mean": float(mean), "std": float(std)}
+    return stats
+
+
+def build_training_table(spark, conf: Config) -> TrainingTableResult:
+    """Join the catalog with the cutouts into ``lake/training`` with split, labels, features and statistics.
+
+    Only catalog rows with quality ``ok`` and a class in CLASSES are used (the others are counted by reason and
+    logged). When ``lake/cutouts`` holds any cutout, rows without one are left out (image and multimodal
+    training need an image for every row); when it holds none, the table is tabular-only (``jpeg`` null) and a
+    warning is logged.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    conf : Config
+        Uses ``lake`` (paths), ``split`` (fractions and salt), ``cutouts.size_px``, ``cutouts.rows_per_file``
+        and ``cutouts.rows_per_row_group`` (file and row-group sizes, as for the cutouts table).
+
+    Returns
+    -------
+    TrainingTableResult
+
+    Raises
+    ------
+    TrainingTableError
+        The catalog is missing, or no usable row is left for the training split.
+    """
+    from pyspark.sql import functions as F
+
+    started = time.monotonic()
+    root = conf.lake.path("root")
+    catalog_path = conf.lake.table("catalog")
+    if not lake.table_exists(spark, catalog_path):
+        raise TrainingTableError(f"no catalog table at {catalog_path}; run `skyclass extract` first")
+    catalog = spark.read.parquet(catalog_path)
+    missing = [c for c in ("objid", "class", "quality", *lake.MAGNITUDES, "redshift") if c not in catalog.columns]
+    if missing:
+        raise TrainingTableError(f"catalog table {catalog_path} lacks column(s) {', '.join(missing)}; "
+                                 "re-run `skyclass extract` to rewrite it with the current schema")
+
+    reasons = catalog.withColumn("reason", exclusion_reason_column())
+    excluded = {r["reason"]: r["count"] for r in reasons.where(F.col("reason").isNotNull())
+                .groupBy("reason").count().collect()}
+    for reason, count in sorted(excluded.items()):
+        log.info("training table: %d catalog rows excluded (%s)", count, reason)
+    usable = reasons.where(F.col("reason").isNull()).drop("reason")
+
+    cutouts = _cutouts_or_none(spark, conf.lake.table("cutouts"))
+    without_cutout = 0
+    if cutouts is None:
+        log.warning("training table: the lake has no cutouts (%s); building a TABULAR-ONLY table with jpeg null. "
+                    "Run `skyclass cutouts` before training image or multimodal models.", conf.lake.table("cutouts"))
+    else:
+        without_cutout = usable.join(cutouts.select("objid"), on="objid", how="left_anti").count()
+        if without_cutout:
+            excluded["no_cutout"] = without_cutout
+            log.info("training table: %d usable catalog rows excluded (no cutout yet; `skyclass cutouts` fetches "
+                     "them)", without_cutout)
+
+    rows = training_rows(usable, cutouts, conf.split)
+    counts = rows.groupBy("split", "class").agg(F.count(F.lit(1)).alias("n"),
+                                                F.sum(F.length("jpeg")).alias("jpeg_bytes")).collect()
+    per_split = {s: 0 for s in lake.SPLITS}
+    label_counts = {c: 0 for c in CLASSES}
+    jpeg_bytes = 0
+    for r in counts:
+        per_split[r["split"]] += r["n"]
+        jpeg_bytes += r["jpeg_bytes"] or 0
+        if r["split"] == "train":
+            label_counts[r["class"]] += r["n"]
+    if per_split["train"] == 0:
+        raise TrainingTableError(
+            f"no usable rows for the training split (rows per split: {per_split}; excluded: {excluded}). Check "
+            f"that {catalog_path} holds quality 'ok' rows and that split.train > 0.")
+    log.info("training table rows: %s; train labels: %s", per_split, label_counts)
+
+    stats = {
+        "classes": list(CLASSES),
+        "features": feature_stats(rows.where(F.col("split") == "train")),
+        "label_counts": label_counts,
+        "rows": per_split,
+        "image_size_px": _image_size_px(cutouts, conf),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    total = sum(per_split.values())
+    bytes_per_row = jpeg_bytes / total + _ROW_OVERHEAD_BYTES
+    training_root = f"{root.rstrip('/')}/training"
+
+    def write(staging: str) -> None:
+        (rows.withColumn(_SPLIT_FOLDER_COLUMN, F.col("split")).write
+         .partitionBy(_SPLIT_FOLDER_COLUMN)
+         .option("maxRecordsPerFile", conf.cutouts.rows_per_file)
+         # Row groups of ~rows_per_row_group rows: Petastorm hands whole row groups to its workers.
+         .option("parquet.block.size", int(max(64 * 1024, conf.cutouts.rows_per_row_group * bytes_per_row)))
+         .parquet(staging))
+        # One pass over the joined data wrote all three splits; give their folders the names readers expect.
+        for split in lake.SPLITS:
+            _rename_or_create(spark, f"{staging}/{_SPLIT_FOLDER_COLUMN}={split}", f"{staging}/{split}")
+        _write_text(spark, f"{staging}/stats.json", json.dumps(stats, indent=2, sort_keys=True))
+
+    lake.replace_directory(spark, training_root, write)
+    elapsed = time.monotonic() - started
+    log.info("training table written to %s in %.1f s", training_root, elapsed)
+    return TrainingTableResult(path=training_root, rows=per_split, excluded=excluded, without_cutout=without_cutout,
+                               tabular_only=cutouts is None, stats_path=lake.training_stats_path(root),
+                               elapsed_s=elapsed, label_counts=label_counts)
+
+
+def _cutouts_or_none(spark, path: str):
+    """``objid, jpeg, size_px`` of the cutouts table, or None when there is no table or it is empty."""
+    if not lake.table_exists(spark, path):
+        return None
+    cutouts = spark.read.parquet(path).select("objid", "jpeg", "size_px")
+    if not cutouts.select("objid").limit(1).collect():
+        return None
+    return cutouts
+
+
+def _image_size_px(cutouts, conf: Config) -> int:
+    if cutouts is None:
+        return conf.cutouts.size_px
+    from pyspark.sql import functions as F
+
+    row = cutouts.agg(F.min("size_px").alias("lo"), F.max("size_px").alias("hi")).collect()[0]
+    if row["lo"] != row["hi"]:
+        log.warning("cutouts of different sizes (%s..%s px) in the lake; readers resize to %d px", row["lo"],
+                    row["hi"], row["hi"])
+    return int(row["hi"])
+
+
+def _hadoop_fs(spark, path: str):
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def _rename_or_create(spark, source: str, target: str) -> None:
+    """Move ``source`` to ``target``; an empty split (no source folder) becomes an empty folder."""
+    fs, src = _hadoop_fs(spark, source)
+    _, dst = _hadoop_fs(spark, target)
+    if fs.exists(src):
+        if not fs.rename(src, dst):
+            raise OSError(f"could not rename {source} to {target}")
+    else:
+        fs.mkdirs(dst)
+
+
+def _write_text(spark, path: str, text: str) -> None:
+    """Write a small text file through Hadoop's file system (local disk, HDFS and object stores alike)."""
+    fs, hpath = _hadoop_fs(spark, path)
+    stream = fs.create(hpath, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
