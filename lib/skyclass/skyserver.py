@@ -305,11 +305,14 @@ class SkyServerClient:
         Sent with every request so SkyServer's operators can tell who is calling.
     seed : int, optional
         Seed of the jitter generator (tests).
+    pool_size : int, optional
+        Connections kept open per host; give at least the number of threads sharing this client, or requests
+        (default 10) discards the surplus connections and every request pays a new TCP handshake.
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = 60.0, retries: int = 5, backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0, max_requests_per_s: float = 1.0,
-                 user_agent: str = "skyclass/0.1", seed: int | None = None):
+                 user_agent: str = "skyclass/0.1", seed: int | None = None, pool_size: int | None = None):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"SkyServer url must start with http:// or https://, got {url!r}")
         for name, value in (("timeout_s", timeout_s), ("max_requests_per_s", max_requests_per_s)):
@@ -327,6 +330,10 @@ class SkyServerClient:
         self._rng = random.Random(seed)
         self._session = requests.Session()
         self._session.headers["User-Agent"] = user_agent
+        if pool_size is not None:
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=int(pool_size))
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
         self.requests_sent = 0  # attempts, including retries
 
     @classmethod
