@@ -7,6 +7,7 @@ parsed as YAML, so ``--set train.epochs=3`` gives an int and ``--set score.model
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import types
 import typing
@@ -365,6 +366,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str):
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        # YAML reads an unquoted 2024-01-01 (e.g. --set score.run_date=2024-01-01) as a date; keep its ISO text.
+        if isinstance(value, datetime.date):
+            return value.isoformat()
         raise bad
     if origin in (Sequence, list, tuple, typing.Sequence) or origin is not None and str(origin).endswith("Sequence'>"):
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
