@@ -120,26 +120,32 @@ def baseline_estimator(name: str, *, n_features: int, n_classes: int = len(CLASS
         raise BaselineError(f"unknown baseline {name!r}; evaluate.baselines may list {', '.join(BASELINE_NAMES)}")
     merged = {**DEFAULT_PARAMS[name], **(params or {})}
     common = {"featuresCol": _FEATURES, "labelCol": _LABEL}
-    try:
-        if name == "logistic_regression":
-            return C.LogisticRegression(family="multinomial", **common, **merged)
-        if name == "decision_tree":
-            return C.DecisionTreeClassifier(seed=seed, **common, **merged)
-        if name == "random_forest":
-            return C.RandomForestClassifier(seed=seed, **common, **merged)
-        if name == "naive_bayes":
-            return C.NaiveBayes(**common, **merged)
-        if name == "gbt":
-            # MLlib's GBT is binary only: one model per class, fitted in parallel threads (they share the cores).
-            return C.OneVsRest(classifier=C.GBTClassifier(seed=seed, **merged), parallelism=n_classes, **common)
-        if name == "linear_svc":
-            return C.OneVsRest(classifier=C.LinearSVC(**merged), parallelism=n_classes, **common)
-        hidden = tuple(int(u) for u in merged.pop("hidden_layers"))
-        return C.MultilayerPerceptronClassifier(layers=[n_features, *hidden, n_classes], seed=seed, **common,
-                                                **merged)
-    except TypeError as err:
-        raise BaselineError(f"bad parameter for baseline {name!r} ({err}); known defaults: "
-                            f"{DEFAULT_PARAMS[name]}") from None
+    if name == "logistic_regression":
+        return _with_params(name, C.LogisticRegression(family="multinomial", **common), merged)
+    if name == "decision_tree":
+        return _with_params(name, C.DecisionTreeClassifier(seed=seed, **common), merged)
+    if name == "random_forest":
+        return _with_params(name, C.RandomForestClassifier(seed=seed, **common), merged)
+    if name == "naive_bayes":
+        return _with_params(name, C.NaiveBayes(**common), merged)
+    if name == "gbt":
+        # MLlib's GBT is binary only: one model per class, fitted in parallel threads (they share the cores).
+        return C.OneVsRest(classifier=_with_params(name, C.GBTClassifier(seed=seed), merged),
+                           parallelism=n_classes, **common)
+    if name == "linear_svc":
+        return C.OneVsRest(classifier=_with_params(name, C.LinearSVC(), merged), parallelism=n_classes, **common)
+    hidden = tuple(int(u) for u in merged.pop("hidden_layers", ()))
+    estimator = C.MultilayerPerceptronClassifier(layers=[n_features, *hidden, n_classes], seed=seed, **common)
+    return _with_params(name, estimator, merged)
+
+
+def _with_params(name: str, estimator, params: Mapping):
+    for key, value in params.items():
+        if not estimator.hasParam(key):
+            raise BaselineError(f"bad parameter {key!r} for baseline {name!r}: {type(estimator).__name__} has no such "
+                                f"parameter (defaults: {DEFAULT_PARAMS[name]})")
+        estimator.setParams(**{key: value})  # setParams applies the type converters (int -> float, ...)
+    return estimator
 
 
 def fit_preparation(train_df, features: Sequence[str]):
@@ -205,7 +211,8 @@ def scored_confusion(predictions, n_classes: int, label_col: str = "label",
     return cm
 
 
-def scored_auc(predictions, class_index: int, score_col: str, label_col: str = "label") -> Optional[float]:
+def scored_auc(predictions, class_index: int, score_col: str, label_col: str = "label", *,
+               n_positive: Optional[int] = None, n_total: Optional[int] = None) -> Optional[float]:
     """One-vs-rest ROC AUC of one class, computed by MLlib over the whole scored DataFrame.
 
     Parameters
@@ -216,6 +223,8 @@ def scored_auc(predictions, class_index: int, score_col: str, label_col: str = "
         The positive class.
     score_col : str
         ``probability``, ``rawPrediction`` or an array column of class scores.
+    n_positive, n_total : int, optional
+        Rows of the class and of the frame, when known (e.g. from the confusion matrix); saves a Spark job.
 
     Returns
     -------
@@ -232,8 +241,10 @@ def scored_auc(predictions, class_index: int, score_col: str, label_col: str = "
     binary = predictions.select(
         column.getItem(class_index).cast("double").alias("score"),
         (F.col(label_col).cast("int") == class_index).cast("double").alias("positive"))
-    counts = binary.agg(F.sum("positive").alias("pos"), F.count(F.lit(1)).alias("n")).first()
-    if not counts.n or not counts.pos or counts.pos == counts.n:
+    if n_positive is None or n_total is None:
+        counts = binary.agg(F.sum("positive").alias("pos"), F.count(F.lit(1)).alias("n")).first()
+        n_positive, n_total = counts.pos or 0, counts.n or 0
+    if n_positive == 0 or n_positive == n_total:
         return None
     # numBins=0: the exact curve (a distributed sort), so tied scores are handled like metrics.roc_auc's mid-ranks.
     evaluator = BinaryClassificationEvaluator(rawPredictionCol="score", labelCol="positive",
@@ -259,12 +270,14 @@ def scored_metrics(predictions, score_col: Optional[str], class_names: Sequence[
         and ``roc_auc_ovr_macro`` (mean over defined classes) when ``score_col`` is given.
     """
     names = list(class_names)
-    metrics = metrics_from_confusion(scored_confusion(predictions, len(names), label_col, prediction_col), names)
+    cm = scored_confusion(predictions, len(names), label_col, prediction_col)
+    metrics = metrics_from_confusion(cm, names)
     if score_col is None:
         return metrics
     defined = []
     for index, name in enumerate(names):
-        auc = scored_auc(predictions, index, score_col, label_col)
+        auc = scored_auc(predictions, index, score_col, label_col, n_positive=int(cm[index].sum()),
+                         n_total=int(cm.sum()))
         metrics["per_class"][name]["roc_auc"] = auc
         if auc is not None:
             defined.append(auc)

@@ -1,0 +1,494 @@
+"""The evaluation stage: a model package and the classical MLlib baselines on the test split of the training table,
+written as ``report.md`` + ``report.json`` + PNG figures.
+
+What is evaluated
+    The given package (``evaluate.model``, else the newest under ``lake.models``) is the headline. Beside it, the
+    newest package of every other (mode, feature set) found under ``lake.models`` -- so one report can hold the
+    paper's Tables 4–8: classical baselines, tabular, image and multimodal networks -- and every baseline of
+    ``evaluate.baselines`` on every feature set of ``evaluate.feature_sets``.
+
+How networks are scored
+    Per Arrow batch in Spark executors (``mapInPandas``), with each package's models loaded once per Python worker,
+    like ``skyclass score``: the test split never has to fit on the driver. Rows of an image/multimodal package
+    without a usable cutout are scored by the package's tabular model (the scoring job's rule) and counted.
+
+How metrics are computed
+    For networks and baselines alike in Spark (:mod:`skyclass.baselines`): a ``groupBy(label, prediction)``
+    confusion matrix → :func:`skyclass.metrics.metrics_from_confusion`, and one-vs-rest ROC AUC per class by
+    MLlib's exact binary evaluator. Only the ROC *figures* collect scores to the driver (a sample of at most
+    :data:`ROC_PLOT_MAX_ROWS` rows).
+
+Simulated cutouts
+    Image and multimodal results are labelled SIMULATED (tables, figures, a banner in report.md) unless
+    ``evaluate.cutouts_are_simulated`` is false: offline, every cutout comes from the stand-in renderer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from skyclass import lake
+from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics
+from skyclass.errors import SkyclassError
+from skyclass.features import decode_jpegs, feature_names, standardise
+
+log = logging.getLogger(__name__)
+
+# ROC figures need every score on the driver; above this many test rows they draw a random sample.
+ROC_PLOT_MAX_ROWS = 200_000
+# Rows handed to a Keras model at once (decoded 64 px images: ~50 MB of float32 per 1,000 rows).
+PREDICT_CHUNK_ROWS = 1024
+MODE_TITLES = {"tabular": "Tabular network", "image": "Image network", "multimodal": "Multimodal network"}
+SCORED_SCHEMA = "label int, prediction int, scores array<double>, cutout_used boolean"
+
+
+class EvaluationError(SkyclassError):
+    """The evaluation cannot run: no test split, no package, or a package that does not fit the table."""
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate` wrote: the report folder and the headline numbers."""
+
+    path: str
+    headline: str
+    accuracy: float
+    qso_f1: float
+    test_rows: int
+    n_results: int
+    simulated: bool
+    report: dict = field(repr=False, default_factory=dict)
+
+    def __str__(self) -> str:
+        flag = " (SIMULATED cutouts)" if self.simulated else ""
+        return (f"evaluated {self.headline}{flag} on {self.test_rows} test objects: accuracy {self.accuracy:.4f}, "
+                f"QSO F1 {self.qso_f1:.4f}; {self.n_results} models compared; report in {self.path}")
+
+
+def evaluate(spark, conf) -> EvaluationResult:
+    """Evaluate a model package, the other newest packages and the MLlib baselines; write the report.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+    conf : skyclass.config.Config
+        Uses ``evaluate`` (model, baselines, feature_sets, output, cutouts_are_simulated), ``lake`` and
+        ``score.batch_rows``.
+
+    Returns
+    -------
+    EvaluationResult
+        ``.path`` is the report folder holding report.md, report.json and the PNG figures.
+
+    Raises
+    ------
+    EvaluationError
+        No training table, an empty test split, or a package whose classes differ from the table's.
+    SkyclassError
+        No model package (from ``package.latest_package``).
+    """
+    from skyclass.package import ModelPackage, latest_package
+
+    models_dir = conf.lake.path("models")
+    headline_path = conf.evaluate.model or latest_package(models_dir)
+    headline = ModelPackage.load(headline_path)
+    packages = [(headline_path, headline)] + other_packages(models_dir, headline)
+    class_names = tuple(headline.classes)
+
+    lake_root = conf.lake.path("root")
+    train_df, test_df = _read_splits(spark, lake_root)
+    test_df = test_df.cache()
+    try:
+        counts = {row["label"]: row["count"] for row in test_df.groupBy("label").count().collect()}
+        test_rows = int(sum(counts.values()))
+        if test_rows == 0:
+            raise EvaluationError(f"the test split under {lake_root}/training is empty; rebuild the training table "
+                                  "with more objects or a larger split.test")
+        out_dir = conf.evaluate.output or os.path.join(conf.lake.path("reports"), headline.version)
+        os.makedirs(out_dir, exist_ok=True)
+        figures: list[dict] = []
+        results: list[dict] = []
+
+        for path, package in packages:
+            _check_classes(package, path, class_names)
+            simulated = package.mode in ("image", "multimodal") and conf.evaluate.cutouts_are_simulated
+            entry = evaluate_package(spark, path, package, test_df, class_names, batch_rows=conf.score.batch_rows,
+                                     simulated=simulated, out_dir=out_dir, figures=figures)
+            entry["headline"] = path == headline_path
+            results.append(entry)
+            log.info("evaluated package %s (%s, %s): accuracy %.4f", package.version, package.mode,
+                     package.feature_set, entry["metrics"]["accuracy"])
+
+        for feature_set in conf.evaluate.feature_sets:
+            for baseline in run_baselines(train_df, test_df, feature_set, feature_names(feature_set),
+                                          conf.evaluate.baselines, class_names=class_names):
+                results.append({"key": f"{baseline.name}-{feature_set}", "kind": "baseline",
+                                "title": baseline.title, "feature_set": feature_set, "simulated": False,
+                                "metrics": baseline.metrics, "fit_seconds": baseline.fit_seconds,
+                                "params": baseline.to_dict()["params"], "score_column": baseline.score_column})
+
+        comparisons = best_baseline_comparisons(results)
+        _plot_comparisons(results, comparisons, class_names, out_dir, figures)
+        headline_entry = results[0]
+        report = {
+            "title": f"skyclass evaluation — model {headline.version}",
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "headline": headline_entry["key"],
+            "model_package": headline_path,
+            "class_names": list(class_names),
+            "test_rows": test_rows,
+            "test_class_counts": {name: int(counts.get(i, 0)) for i, name in enumerate(class_names)},
+            "cutouts_are_simulated": bool(conf.evaluate.cutouts_are_simulated),
+            "simulated_results": [e["key"] for e in results if e["simulated"]],
+            "results": results,
+            "comparisons": comparisons,
+            "figures": figures,
+            "notes": _notes(conf, packages, test_rows),
+        }
+        write_report(report, out_dir)
+    finally:
+        test_df.unpersist()
+    metrics = headline_entry["metrics"]
+    qso_f1 = metrics["per_class"].get("QSO", {}).get("f1", float("nan"))
+    return EvaluationResult(out_dir, headline_entry["key"], metrics["accuracy"], qso_f1, test_rows, len(results),
+                            bool(report["simulated_results"]), report)
+
+
+def write_report(report: Mapping, out_dir: str) -> tuple[str, str]:
+    """Write ``report.json`` and its Markdown rendering ``report.md`` into ``out_dir``.
+
+    Parameters
+    ----------
+    report : mapping
+        The report document (see :mod:`skyclass.report`); must be JSON-serialisable.
+    out_dir : str
+
+    Returns
+    -------
+    (str, str)
+        Paths of report.json and report.md.
+    """
+    from skyclass.report import render_markdown
+
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "report.json")
+    md_path = os.path.join(out_dir, "report.md")
+    with open(json_path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, allow_nan=False)
+    with open(md_path, "w", encoding="utf-8") as fh:
+        fh.write(render_markdown(report))
+    log.info("wrote %s and %s", json_path, md_path)
+    return json_path, md_path
+
+
+def other_packages(models_dir: str, headline) -> list:
+    """The newest package of every (mode, feature set) under ``models_dir`` other than the headline's.
+
+    Parameters
+    ----------
+    models_dir : str
+        Folder of model packages (``lake.models``).
+    headline : skyclass.package.ModelPackage
+
+    Returns
+    -------
+    list of (str, ModelPackage)
+        Sorted by (mode, feature set). Packages whose metadata is unusable are skipped with a warning.
+    """
+    from skyclass.package import ModelPackage, list_packages
+
+    newest: dict[tuple[str, str], tuple[str, object]] = {}
+    # list_packages is ordered by version name (timestamps sort chronologically): later ones replace earlier.
+    for path in list_packages(models_dir):
+        try:
+            package = ModelPackage.load(path)
+            kind = (package.mode, package.feature_set)
+        except (SkyclassError, KeyError) as err:
+            log.warning("skipping %s: not a usable model package (%s)", path, err)
+            continue
+        if kind != (headline.mode, headline.feature_set):
+            newest[kind] = (path, package)
+    return [newest[k] for k in sorted(newest, key=lambda k: (k[0], k[1] or ""))]
+
+
+def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[str], *, batch_rows: int,
+                     simulated: bool, out_dir: str, figures: list) -> dict:
+    """Score the test split with one package, compute its metrics in Spark and draw its figures.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    path : str
+        Package folder (must be readable by the executors).
+    package : skyclass.package.ModelPackage
+    test_df : pyspark.sql.DataFrame
+        The test split.
+    class_names : sequence of str
+    batch_rows : int
+        Rows per model call.
+    simulated : bool
+        Label the result and its figures as SIMULATED.
+    out_dir : str
+        Report folder for the PNGs.
+    figures : list
+        Figure entries (``file``, ``caption``, ``simulated``) are appended to it.
+
+    Returns
+    -------
+    dict
+        A result entry of the report (see :mod:`skyclass.report`).
+    """
+    from skyclass import plots
+
+    key = f"{package.mode}-{package.feature_set}"
+    title = MODE_TITLES.get(package.mode, package.mode)
+    label = f"{title} {package.version} [{package.feature_set}]" + (" — SIMULATED cutouts" if simulated else "")
+    started = time.monotonic()
+    scored = score_test_split(test_df, path, package, batch_rows=batch_rows).cache()
+    try:
+        metrics = scored_metrics(scored, "scores", class_names)
+        rows_without_cutout = 0
+        if package.mode != "tabular":
+            rows_without_cutout = scored.where("NOT cutout_used").count()
+        sample = _roc_sample(scored)
+    finally:
+        scored.unpersist()
+    entry = {"key": key, "kind": "network", "title": title, "mode": package.mode,
+             "feature_set": package.feature_set, "version": package.version, "package": path,
+             "simulated": simulated, "metrics": metrics, "rows_without_cutout": int(rows_without_cutout),
+             "predict_seconds": round(time.monotonic() - started, 2)}
+
+    def add(file: str, caption: str, is_simulated: bool) -> None:
+        figures.append({"file": file, "caption": caption, "simulated": is_simulated})
+
+    plots.plot_confusion_matrix(metrics["confusion_matrix"], class_names, os.path.join(out_dir, f"confusion_{key}.png"),
+                                title=f"Confusion matrix: {label}", simulated=simulated)
+    add(f"confusion_{key}.png", f"Confusion matrix — {title} {package.version} [{package.feature_set}]", simulated)
+    if len(sample):
+        plots.plot_roc_curves(sample["label"].to_numpy(), np.stack(sample["scores"].to_numpy()), class_names,
+                              os.path.join(out_dir, f"roc_{key}.png"), title=f"ROC, one vs rest: {label}",
+                              simulated=simulated)
+        add(f"roc_{key}.png", f"ROC curves (one vs rest) — {title} {package.version} [{package.feature_set}]",
+            simulated)
+    history = package.metadata.get("history") or {}
+    if _has_curves(history):
+        plots.plot_training_curves(history, os.path.join(out_dir, f"curves_{key}.png"),
+                                   title=f"Training curves: {label}", simulated=simulated)
+        add(f"curves_{key}.png", f"Training curves — {title} {package.version} [{package.feature_set}]", simulated)
+    tabular_history = package.metadata.get("tabular_history") or {}
+    if package.mode != "tabular" and _has_curves(tabular_history):
+        # The companion tabular model never sees a cutout, so its curves are real-data results.
+        plots.plot_training_curves(tabular_history, os.path.join(out_dir, f"curves_{key}_tabular.png"),
+                                   title=f"Training curves: tabular companion of {package.version}")
+        add(f"curves_{key}_tabular.png", f"Training curves — tabular companion model of {package.version}", False)
+    return entry
+
+
+def score_test_split(test_df, path: str, package, *, batch_rows: int):
+    """Spark DataFrame of ``label, prediction, scores (array of class probabilities), cutout_used`` for every test
+    row, scored per Arrow batch by the package's models.
+
+    Parameters
+    ----------
+    test_df : pyspark.sql.DataFrame
+        Training-table rows (``label``, the package's features, ``jpeg``).
+    path : str
+        Package folder, loaded once per Python worker.
+    package : skyclass.package.ModelPackage
+    batch_rows : int
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+
+    Raises
+    ------
+    EvaluationError
+        The test split lacks a column the package needs.
+    """
+    columns = ["label", *package.features] + (["jpeg"] if package.mode != "tabular" else [])
+    missing = [c for c in columns if c not in test_df.columns]
+    if missing:
+        raise EvaluationError(f"the test split has no column {missing[0]!r} that package {path} needs; rebuild the "
+                              "training table (skyclass table)")
+    return test_df.select(*columns).mapInPandas(_PackageScorer(path, batch_rows), SCORED_SCHEMA)
+
+
+class _PackageScorer:
+    """The mapInPandas function: picklable (only a path travels), the models load on first use in each worker."""
+
+    def __init__(self, path: str, batch_rows: int):
+        self.path = path
+        self.batch_rows = batch_rows
+
+    def __call__(self, frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        package, main_model, tabular_model = _load_models(self.path)
+        for frame in frames:
+            for start in range(0, len(frame), self.batch_rows):
+                chunk = frame.iloc[start:start + self.batch_rows]
+                proba, cutout_used = predict_proba(package, main_model, tabular_model, chunk)
+                yield pd.DataFrame({
+                    "label": chunk["label"].to_numpy(dtype=np.int32),
+                    "prediction": proba.argmax(axis=1).astype(np.int32),
+                    "scores": list(proba.astype(np.float64)),
+                    "cutout_used": cutout_used,
+                })
+
+
+_LOADED_MODELS: dict[str, tuple] = {}
+
+
+def _load_models(path: str) -> tuple:
+    # Python workers are reused between tasks: keep the models of the package, not one load per partition.
+    if path not in _LOADED_MODELS:
+        from skyclass.package import ModelPackage
+
+        package = ModelPackage.load(path)
+        main_model = package.load_model()
+        tabular_model = main_model if package.mode == "tabular" else package.load_tabular_model()
+        _LOADED_MODELS.clear()
+        _LOADED_MODELS[path] = (package, main_model, tabular_model)
+    return _LOADED_MODELS[path]
+
+
+def predict_proba(package, main_model, tabular_model, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities of a pandas batch of training-table rows.
+
+    Parameters
+    ----------
+    package : skyclass.package.ModelPackage
+        Gives mode, features, normalisation and image size.
+    main_model, tabular_model : tf.keras.Model
+        The package's models; rows without a decodable cutout go to ``tabular_model`` in image/multimodal mode.
+    frame : pandas.DataFrame
+        The package's feature columns and, unless tabular, ``jpeg``.
+
+    Returns
+    -------
+    proba : numpy.ndarray
+        ``(n, n_classes)`` float32.
+    cutout_used : numpy.ndarray
+        Boolean per row: the main model saw a cutout (always False in tabular mode).
+    """
+    features = standardise(frame, package.features, package.normalisation)
+    n = len(frame)
+    if package.mode == "tabular":
+        return _call(main_model, {"features": features}), np.zeros(n, dtype=bool)
+    images, ok = decode_jpegs(list(frame["jpeg"]), package.image_size_px)
+    proba = np.zeros((n, len(package.classes)), dtype=np.float32)
+    if ok.any():
+        proba[ok] = _call(main_model, {"features": features[ok], "image": images[ok]})
+    if (~ok).any():
+        proba[~ok] = _call(tabular_model, {"features": features[~ok]})
+    return proba, ok
+
+
+def _call(model, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    wanted = {name: value for name, value in inputs.items() if name in model.input_names}
+    # A direct call, not model.predict: predict builds a tf.data pipeline per call, costly for small batches.
+    return np.asarray(model(wanted, training=False), dtype=np.float32)
+
+
+def best_baseline_comparisons(results: Sequence[Mapping]) -> list[dict]:
+    """For each feature set with networks and baselines: the networks beside the most accurate baseline.
+
+    Parameters
+    ----------
+    results : sequence of report result entries
+
+    Returns
+    -------
+    list of dict
+        ``{"feature_set", "title", "best_baseline" (key), "keys" (networks first, then the baseline)}``.
+    """
+    comparisons = []
+    feature_sets = sorted({r["feature_set"] for r in results if r["kind"] == "network"})
+    for feature_set in feature_sets:
+        baselines = [r for r in results if r["kind"] == "baseline" and r["feature_set"] == feature_set]
+        if not baselines:
+            continue
+        # Ties go to the earlier baseline of the configured order (a stable, explainable choice).
+        best = max(baselines, key=lambda r: r["metrics"]["accuracy"])
+        networks = [r["key"] for r in results if r["kind"] == "network" and r["feature_set"] == feature_set]
+        comparisons.append({"feature_set": feature_set, "best_baseline": best["key"], "keys": [*networks, best["key"]],
+                            "title": f"Feature set `{feature_set}`: networks vs {best['title']}"})
+    return comparisons
+
+
+def _plot_comparisons(results, comparisons, class_names, out_dir, figures) -> None:
+    from skyclass import plots
+    from skyclass.report import result_label
+
+    by_key = {r["key"]: r for r in results}
+    for comparison in comparisons:
+        best = by_key[comparison["best_baseline"]]
+        key = best["key"]
+        plots.plot_confusion_matrix(best["metrics"]["confusion_matrix"], class_names,
+                                    os.path.join(out_dir, f"confusion_{key}.png"),
+                                    title=f"Confusion matrix: {result_label(best)}")
+        figures.append({"file": f"confusion_{key}.png", "simulated": False,
+                        "caption": f"Confusion matrix — best baseline: {result_label(best)}"})
+    for feature_set in sorted({r["feature_set"] for r in results}):
+        in_set = [r for r in results if r["feature_set"] == feature_set]
+        simulated = any(r["simulated"] for r in in_set)
+        plots.plot_per_class_f1({result_label(r): r["metrics"] for r in in_set},
+                                os.path.join(out_dir, f"per_class_f1_{feature_set}.png"),
+                                title=f"Per-class F1, feature set {feature_set}", simulated=simulated)
+        figures.append({"file": f"per_class_f1_{feature_set}.png", "simulated": simulated,
+                        "caption": f"Per-class F1 of every model, feature set {feature_set}"})
+
+
+def _read_splits(spark, lake_root: str):
+    frames = []
+    for split in ("train", "test"):
+        path = lake.training_split_path(lake_root, split)
+        if not lake.table_exists(spark, path):
+            raise EvaluationError(f"no {split} split at {path}; build the training table first (skyclass table)")
+        frames.append(spark.read.parquet(path))
+    return frames[0], frames[1]
+
+
+def _check_classes(package, path: str, class_names: Sequence[str]) -> None:
+    if tuple(package.classes) != tuple(class_names):
+        raise EvaluationError(f"package {path} predicts classes {list(package.classes)} but the headline package uses "
+                              f"{list(class_names)}; evaluate packages trained on the same label set")
+
+
+def _has_curves(history: Mapping) -> bool:
+    return any(isinstance(v, (list, tuple)) and len(v) > 0 for v in history.values())
+
+
+def _roc_sample(scored) -> pd.DataFrame:
+    n = scored.count()
+    frame = scored.select("label", "scores")
+    if n > ROC_PLOT_MAX_ROWS:
+        frame = frame.sample(fraction=ROC_PLOT_MAX_ROWS / n, seed=0)
+    return frame.toPandas()
+
+
+def _notes(conf, packages, test_rows: int) -> list[str]:
+    notes = [
+        "Every model is measured on the same test split of the training table (hash split, so an object keeps its "
+        f"split across rebuilds); {test_rows} objects.",
+        "Metrics are aggregated in Spark: a groupBy(label, prediction) confusion matrix gives accuracy and "
+        "precision/recall/F1; one-vs-rest ROC AUC per class comes from MLlib's exact BinaryClassificationEvaluator "
+        "on the class's probability (for OneVsRest GBT and linear SVM: the class's margin, which ranks the same).",
+        "Baselines: Spark MLlib on the train split, inputs mean-imputed and standardised with train statistics; "
+        + "; ".join(f"{BASELINE_TITLES.get(n, n)}" for n in conf.evaluate.baselines) + ".",
+        "Networks are scored per Arrow batch (mapInPandas), models loaded once per worker; image and multimodal "
+        "packages score objects without a usable cutout with their tabular companion model, as skyclass score does.",
+    ]
+    salts = {(p.metadata.get("config") or {}).get("split", {}).get("salt") for _, p in packages}
+    salts.discard(None)
+    if salts and salts != {conf.split.salt}:
+        notes.append(f"WARNING: some packages were trained with split salt(s) {sorted(salts)} but the table uses "
+                     f"{conf.split.salt!r}: their test objects may have been training objects.")
+    return notes

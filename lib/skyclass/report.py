@@ -1,0 +1,150 @@
+"""The evaluation report as Markdown: a pure rendering of the ``report.json`` document that
+:func:`skyclass.evaluate.evaluate` writes, so the two can never disagree and the text can be tested without Spark.
+
+The document (``report``) holds:
+
+* ``title``, ``created_at``, ``headline`` (key of the headline result), ``class_names``, ``test_rows``,
+  ``test_class_counts``;
+* ``results``: a list of entries ``{"key", "kind": "network"|"baseline", "title", "feature_set", "mode" (networks),
+  "version" (networks), "simulated": bool, "metrics": {...}}`` where ``metrics`` is a dict of
+  :mod:`skyclass.metrics`;
+* ``figures``: a list of ``{"file", "caption", "simulated"}`` (files relative to the report folder);
+* ``notes``: a list of sentences printed under "Notes".
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from skyclass.metrics import comparison_table
+
+SIMULATED_BANNER = ("> **SIMULATED CUTOUTS.** Results, tables and figures marked *SIMULATED* come from image or "
+                    "multimodal models trained and evaluated on stand-in cutouts (rendered by `skyclass.standin`), "
+                    "not real SDSS images. They test the machinery, not the science.")
+CLASS_MIX_NOTE = ("The labelled objects were selected per class (SkyServer queries of the form `TOP N ... WHERE "
+                  "class = 'X'`), so the class mix of every table and figure here is that selection's, not the "
+                  "sky's; QSOs in particular are over-represented compared with a random spectroscopic sample.")
+SUMMARY_COLUMNS = ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro", "GALAXY_f1",
+                   "STAR_f1", "QSO_f1", "roc_auc_ovr_macro")
+
+
+def result_label(entry: Mapping) -> str:
+    """Row name of a result in the tables: its title, with the feature set, and SIMULATED when it is."""
+    label = f"{entry['title']} [{entry['feature_set']}]" if entry.get("feature_set") else entry["title"]
+    return f"{label} (SIMULATED)" if entry.get("simulated") else label
+
+
+def render_markdown(report: Mapping) -> str:
+    """Render the evaluation report document as Markdown.
+
+    Parameters
+    ----------
+    report : mapping
+        The ``report.json`` document (see the module docstring).
+
+    Returns
+    -------
+    str
+        Markdown text ending in a newline.
+
+    Raises
+    ------
+    KeyError
+        The document lacks ``results`` or the headline result named by ``headline``.
+    """
+    results = list(report["results"])
+    by_key = {entry["key"]: entry for entry in results}
+    headline = by_key[report["headline"]]
+    names = list(report.get("class_names") or headline["metrics"]["class_names"])
+    any_simulated = any(entry.get("simulated") for entry in results)
+
+    lines = [f"# {report.get('title', 'skyclass evaluation')}", ""]
+    if any_simulated:
+        lines += [SIMULATED_BANNER, ""]
+    lines += [f"> {CLASS_MIX_NOTE}", ""]
+    lines += [f"- created: {report.get('created_at', '?')}",
+              f"- test split: {report.get('test_rows', headline['metrics']['n'])} objects "
+              + _counts(report.get("test_class_counts")),
+              f"- headline model: {result_label(headline)}", ""]
+
+    lines += [f"## Headline: {result_label(headline)}", ""]
+    lines += _headline_section(headline, names)
+
+    comparisons = report.get("comparisons") or []
+    if comparisons:
+        lines += ["## Our networks against the best classical baseline", "",
+                  "The best MLlib baseline (by accuracy) of each feature set beside each of our networks on the same "
+                  "feature set and the same test objects.", ""]
+        for comparison in comparisons:
+            rows = {result_label(by_key[k]): by_key[k]["metrics"] for k in comparison["keys"] if k in by_key}
+            if rows:
+                lines += [f"### {comparison['title']}", "", comparison_table(rows, _columns(rows)), ""]
+
+    feature_sets = []
+    for entry in results:
+        if entry.get("feature_set") not in feature_sets:
+            feature_sets.append(entry.get("feature_set"))
+    for feature_set in feature_sets:
+        in_set = [e for e in results if e.get("feature_set") == feature_set]
+        networks = [e for e in in_set if e["kind"] == "network"]
+        baselines = [e for e in in_set if e["kind"] == "baseline"]
+        lines += [f"## Feature set `{feature_set}`", ""]
+        if baselines:
+            lines += ["### Classical baselines (Spark MLlib; the paper's Table 4)", ""]
+            rows = {result_label(e): e["metrics"] for e in baselines}
+            lines += [comparison_table(rows, _columns(rows)), ""]
+        if networks:
+            simulated = any(e.get("simulated") for e in networks)
+            suffix = " — contains SIMULATED results" if simulated else ""
+            lines += [f"### Networks (tabular, image, multimodal; the paper's Tables 5–8){suffix}", ""]
+            rows = {result_label(e): e["metrics"] for e in networks}
+            lines += [comparison_table(rows, _columns(rows)), ""]
+            for entry in networks:
+                extra = entry.get("rows_without_cutout")
+                if entry.get("mode") in ("image", "multimodal") and extra:
+                    lines.append(f"- {result_label(entry)}: {extra} test objects had no usable cutout and were "
+                                 "scored by the package's tabular model, as `skyclass score` does.")
+            lines.append("")
+
+    figures = report.get("figures") or []
+    if figures:
+        lines += ["## Figures", ""]
+        for figure in figures:
+            caption = figure["caption"] + (" (SIMULATED)" if figure.get("simulated") else "")
+            lines += [f"### {caption}", "", f"![{caption}]({figure['file']})", ""]
+
+    notes = [CLASS_MIX_NOTE, *(report.get("notes") or [])]
+    lines += ["## Notes", ""]
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _headline_section(entry: Mapping, names: Sequence[str]) -> list[str]:
+    metrics = entry["metrics"]
+    auc = metrics.get("roc_auc_ovr_macro")
+    lines = [f"accuracy **{metrics['accuracy']:.4f}** · weighted precision {metrics['precision_weighted']:.4f} · "
+             f"weighted recall {metrics['recall_weighted']:.4f} · weighted F1 {metrics['f1_weighted']:.4f} · "
+             f"macro F1 {metrics['f1_macro']:.4f}"
+             + (f" · one-vs-rest ROC AUC (macro) {auc:.4f}" if isinstance(auc, float) else ""), ""]
+    lines += ["| class | precision | recall | F1 | ROC AUC (one-vs-rest) | support |", "|---|---:|---:|---:|---:|---:|"]
+    for name in names:
+        c = metrics["per_class"][name]
+        auc_text = f"{c['roc_auc']:.4f}" if isinstance(c.get("roc_auc"), float) else "n/a"
+        lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {auc_text} | "
+                     f"{c['support']} |")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted class):", ""]
+    lines += ["| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |")
+    return lines + [""]
+
+
+def _columns(rows: Mapping[str, Mapping]) -> list[str]:
+    # AUC is left out when no model of the table has it, rather than a column of dashes.
+    return [c for c in SUMMARY_COLUMNS if c != "roc_auc_ovr_macro"
+            or any(m.get("roc_auc_ovr_macro") is not None for m in rows.values())]
+
+
+def _counts(counts) -> str:
+    if not counts:
+        return ""
+    return "(" + ", ".join(f"{name} {n}" for name, n in counts.items()) + ")"
