@@ -1,0 +1,451 @@
+"""Label every object of a lake catalog with a model package: ``predictions/run_date=YYYY-MM-DD/``.
+
+How it runs (STYLE "Score in batches"): the catalog (LEFT JOIN the cutouts when the package looks at images) goes
+through ``mapInPandas``; each Arrow batch of ``score.batch_rows`` rows has its JPEGs decoded and is classified
+with one model call. Each Python worker loads the package's models once and keeps them in a module-level cache
+keyed by package path and version, so later tasks on the same worker reuse them. The driver plans the job and
+reads counts from Spark aggregations; it never holds catalog rows, images or predictions.
+
+Status of a prediction (``lake.PREDICTIONS.status``), first match wins:
+
+``bad_photometry``
+    a magnitude is missing or a sentinel (``features.photometry_ok_pandas`` is false). Decision: the row still
+    gets probabilities, from the usual model, with each unusable magnitude and the colours built from it replaced
+    by the training mean (0 after standardisation) — the image, when there is one, is still informative, and a
+    null would hide that. Users who want only clean photometry filter on ``status = 'ok'``.
+``no_cutout``
+    the package needs images but the object has no cutout, or its JPEG does not decode: it is scored by the
+    package's tabular model (``tabular.keras``) instead of being dropped.
+``ok``
+    everything the model needs was there.
+
+Nights are incremental: objects already scored by the same model version in ANY ``run_date`` partition are
+skipped (a left anti-join), unless ``score.rescore``. The night's partition is rewritten whole in a staging
+folder and swapped in, so rerunning a night replaces it atomically and holds each object once; other nights'
+partitions are never touched.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from skyclass import lake
+from skyclass.config import CLASSES
+from skyclass.errors import SkyclassError
+
+log = logging.getLogger(__name__)
+
+STATUS_OK = "ok"
+STATUS_NO_CUTOUT = "no_cutout"
+STATUS_BAD_PHOTOMETRY = "bad_photometry"
+STATUSES = (STATUS_OK, STATUS_NO_CUTOUT, STATUS_BAD_PHOTOMETRY)
+PROBABILITY_COLUMNS = {"GALAXY": "p_galaxy", "STAR": "p_star", "QSO": "p_qso"}
+_ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+# Per Python worker: (package path, version) -> (main model, tabular model). Module-level on purpose: Spark reuses
+# Python workers across tasks (spark.python.worker.reuse), and the mapInPandas function is a module-level function
+# pickled by reference, so every task a worker runs finds the models already loaded.
+_MODEL_CACHE: dict[tuple[str, str], tuple[object, object]] = {}
+
+
+class ScoreError(SkyclassError):
+    """Scoring cannot start: no catalog, a package that does not fit the catalog, a bad run date."""
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """What a worker needs to score batches: small, picklable, read once from the package on the driver."""
+
+    package_path: str
+    version: str
+    mode: str
+    features: tuple[str, ...]
+    classes: tuple[str, ...]
+    normalisation: Mapping[str, Mapping[str, float]]
+    image_size_px: int
+
+    @property
+    def needs_images(self) -> bool:
+        return self.mode in ("image", "multimodal")
+
+    @classmethod
+    def from_package(cls, package, package_path: str) -> "ScoringSpec":
+        """Spec of a loaded :class:`skyclass.package.ModelPackage`."""
+        return cls(package_path=str(package_path), version=str(package.version), mode=str(package.mode),
+                   features=tuple(package.features), classes=tuple(package.classes),
+                   normalisation={k: dict(v) for k, v in package.normalisation.items()},
+                   image_size_px=int(package.metadata.get("image_size_px") or 0))
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What one scoring run did; ``str()`` is the CLI summary."""
+
+    run_date: str
+    model_version: str
+    package_path: str
+    catalog: str
+    path: str  # the night's partition folder
+    n_catalog: int
+    n_scored: int  # objects classified in this run
+    n_skipped: int  # objects already scored by this model version (0 with rescore)
+    n_night_rows: int  # rows in the night's partition after the run (scored now + kept from an earlier run)
+    status_counts: Mapping[str, int] = field(default_factory=dict)  # over the night's partition
+    rescore: bool = False
+    model_loads: int = 0  # model loads in Python workers (one per worker, not per batch)
+    seconds: float = 0.0
+
+    @property
+    def objects_per_s(self) -> float:
+        return self.n_scored / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        statuses = ", ".join(f"{s}={self.status_counts.get(s, 0):,}" for s in STATUSES)
+        what = "rescored" if self.rescore else "scored"
+        return (f"{what} {self.n_scored:,} of {self.n_catalog:,} objects of {self.catalog} with model "
+                f"{self.model_version} ({self.n_skipped:,} already scored by it, skipped) in {self.seconds:.1f} s "
+                f"({self.objects_per_s:,.0f} objects/s, {self.model_loads} worker model loads); "
+                f"{self.path}: {self.n_night_rows:,} rows ({statuses})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker side: pure batch scoring.
+
+def clean_photometry(frame: pd.DataFrame) -> pd.DataFrame:
+    """Copy of ``frame`` with unusable magnitudes (missing, NaN, sentinel, out of range) set to NaN and colours added.
+
+    Standardisation then maps each NaN to the training mean, so a -9999 sentinel never reaches the model as a huge
+    z-score.
+    """
+    from skyclass.features import add_colours_pandas, photometry_ok_pandas
+
+    out = frame.copy()
+    for band in lake.MAGNITUDES:
+        ok = photometry_ok_pandas(out, (band,))
+        out[band] = np.where(ok, pd.to_numeric(out[band], errors="coerce"), np.nan)
+    return add_colours_pandas(out)
+
+
+def _predict(model, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    # Only the inputs the model declares: a tabular model given an image would reject the dict.
+    wanted = {name: inputs[name] for name in model.input_names}
+    # predict_on_batch runs the compiled predict function once, without model.predict's per-call tf.data setup.
+    return np.asarray(model.predict_on_batch(wanted), dtype=np.float32)
+
+
+def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_model) -> pd.DataFrame:
+    """Classify one batch: catalog rows (objid, magnitudes, optional ``jpeg``) → rows of ``lake.PREDICTIONS``.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        ``objid``, the magnitudes ``u..z`` (plus ``redshift`` if the package uses it) and, for image packages,
+        ``jpeg`` (bytes or None).
+    spec : ScoringSpec
+    main_model, tabular_model
+        Keras models taking ``{"features": (n, F) float32, "image": (n, S, S, 3) float32 in [0, 1]}``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per input row, in input order, with the columns of ``lake.PREDICTIONS``.
+    """
+    from skyclass.features import decode_jpegs, photometry_ok_pandas, standardise
+
+    n = len(frame)
+    photometry_ok = photometry_ok_pandas(frame)
+    x = standardise(clean_photometry(frame), spec.features, spec.normalisation)
+    proba = np.zeros((n, len(spec.classes)), dtype=np.float32)
+    if spec.needs_images:
+        blobs = frame["jpeg"].tolist() if "jpeg" in frame.columns else [None] * n
+        images, image_ok = decode_jpegs(blobs, spec.image_size_px)
+        if image_ok.all():
+            proba[:] = _predict(main_model, {"features": x, "image": images})
+        elif image_ok.any():
+            proba[image_ok] = _predict(main_model, {"features": x[image_ok], "image": images[image_ok]})
+        if not image_ok.all():
+            proba[~image_ok] = _predict(tabular_model, {"features": x[~image_ok]})
+    else:
+        image_ok = np.ones(n, dtype=bool)
+        if n:
+            proba[:] = _predict(main_model, {"features": x})
+    status = np.where(~photometry_ok, STATUS_BAD_PHOTOMETRY, np.where(image_ok, STATUS_OK, STATUS_NO_CUTOUT))
+    classes = np.asarray(spec.classes, dtype=object)
+    out = pd.DataFrame({
+        "objid": frame["objid"].to_numpy(dtype=np.int64),
+        "predicted_class": classes[proba.argmax(axis=1)] if n else np.array([], dtype=object),
+    })
+    for name, column in PROBABILITY_COLUMNS.items():
+        out[column] = proba[:, spec.classes.index(name)]
+    out["model_version"] = spec.version
+    out["status"] = status
+    return out[lake.PREDICTIONS.names]
+
+
+def worker_models(spec: ScoringSpec, loads=None) -> tuple[object, object]:
+    """The (main, tabular) models of a package, loaded on first use in this process and cached after.
+
+    ``loads`` (a Spark accumulator, optional) counts actual loads so the driver can report them.
+    """
+    key = (spec.package_path, spec.version)
+    cached = _MODEL_CACHE.get(key)
+    if cached is not None:
+        return cached
+    import tensorflow as tf
+
+    from skyclass.package import ModelPackage
+
+    # On GPU executors each Python worker would otherwise reserve all GPU memory and starve its neighbours.
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process: nothing left to configure
+            pass
+    began = time.monotonic()
+    package = ModelPackage.load(spec.package_path)
+    main_model = package.load_model()
+    tabular_model = package.load_tabular_model() if spec.needs_images else main_model
+    _MODEL_CACHE.clear()  # one package per worker at a time: a new version replaces the old one's memory
+    _MODEL_CACHE[key] = (main_model, tabular_model)
+    if loads is not None:
+        loads.add(1)
+    log.info("worker loaded model %s from %s in %.1f s", spec.version, spec.package_path, time.monotonic() - began)
+    return main_model, tabular_model
+
+
+def _score_batches(batches: Iterator[pd.DataFrame], spec: ScoringSpec, loads=None) -> Iterator[pd.DataFrame]:
+    # The mapInPandas function: runs in Python workers; module-level so the model cache above is shared by tasks.
+    main_model, tabular_model = worker_models(spec, loads)
+    for frame in batches:
+        yield score_frame(frame, spec, main_model, tabular_model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver side.
+
+def resolve_run_date(run_date: Optional[str]) -> str:
+    """``YYYY-MM-DD`` of the night (today in UTC when None).
+
+    Raises
+    ------
+    ScoreError
+        ``run_date`` is not a valid ``YYYY-MM-DD`` date.
+    """
+    if run_date is None:
+        return datetime.now(timezone.utc).date().isoformat()
+    text = str(run_date)
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError(text)
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ScoreError(f"score.run_date must be a date written YYYY-MM-DD, got {run_date!r}") from None
+
+
+def resolve_package_path(conf) -> str:
+    """The model package to score with: ``score.model`` or the newest package under ``lake.models``."""
+    if conf.score.model:
+        return conf.score.model
+    from skyclass.package import latest_package
+
+    return latest_package(conf.lake.path("models"))
+
+
+def _hadoop_fs(spark, path: str):
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return jvm, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def _night_dirname(run_date: str) -> str:
+    return f"run_date={run_date}"
+
+
+def read_predictions(spark, predictions_root: str):
+    """All partitions of the predictions table with a string ``run_date`` column, or None if there are none."""
+    jvm, fs, root = _hadoop_fs(spark, predictions_root)
+    if not fs.exists(root):
+        return None
+    if not any(s.isDirectory() and s.getPath().getName().startswith("run_date=") for s in fs.listStatus(root)):
+        return None
+    from pyspark.sql import types as T
+
+    # An explicit schema makes run_date a string (no date inference) and ignores _staging-*/_previous-* folders.
+    schema = T.StructType(lake.PREDICTIONS.spark_schema().fields + [T.StructField("run_date", T.StringType())])
+    return spark.read.schema(schema).parquet(predictions_root)
+
+
+def replace_partition(spark, predictions_root: str, run_date: str, write) -> str:
+    """Write a night's partition to a staging folder, then swap it in; other nights are never touched.
+
+    The staging and previous folders start with ``_`` so Spark's partition discovery ignores them, even if a
+    crash leaves one behind.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    predictions_root : str
+    run_date : str
+    write : callable
+        ``write(staging_path)`` writes the complete new partition there.
+
+    Returns
+    -------
+    str
+        The partition folder.
+    """
+    token = uuid.uuid4().hex[:8]
+    final_path = f"{predictions_root.rstrip('/')}/{_night_dirname(run_date)}"
+    staging_path = f"{predictions_root.rstrip('/')}/_staging-{run_date}-{token}"
+    write(staging_path)
+    jvm, fs, final = _hadoop_fs(spark, final_path)
+    previous = jvm.org.apache.hadoop.fs.Path(f"{predictions_root.rstrip('/')}/_previous-{run_date}-{token}")
+    # Keep the old night until the new one is in place: a crash between the renames leaves one of them whole.
+    had_old = fs.exists(final)
+    if had_old and not fs.rename(final, previous):
+        raise OSError(f"could not move {final_path} aside to replace it")
+    if not fs.rename(jvm.org.apache.hadoop.fs.Path(staging_path), final):
+        if had_old:
+            fs.rename(previous, final)
+        raise OSError(f"could not move {staging_path} to {final_path}")
+    if had_old:
+        fs.delete(previous, True)
+    return final_path
+
+
+def _status_counts(spark, path: str) -> dict[str, int]:
+    return {row["status"]: int(row["count"])
+            for row in spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(path)
+            .groupBy("status").count().collect()}
+
+
+def score_catalog(spark, conf) -> ScoreResult:
+    """Label every object of ``conf.score.catalog`` with a model package; write ``predictions/run_date=…/``.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    conf : Config
+        ``score.model`` (None: newest package under ``lake.models``), ``score.catalog``, ``score.batch_rows``
+        (rows per Arrow batch = per model call), ``score.rescore``, ``score.run_date`` (None: today, UTC).
+
+    Returns
+    -------
+    ScoreResult
+
+    Raises
+    ------
+    ScoreError
+        The catalog table is missing, the package's features or classes do not fit the catalog, or the run date
+        is malformed.
+    SkyclassError
+        No model package exists (from ``latest_package``: run ``skyclass train``).
+    """
+    from pyspark.sql import functions as F
+
+    began = time.monotonic()
+    run_date = resolve_run_date(conf.score.run_date)
+    package_path = resolve_package_path(conf)
+    from skyclass.package import ModelPackage
+
+    spec = ScoringSpec.from_package(ModelPackage.load(package_path), package_path)
+    _check_spec(spec)
+    catalog_path = conf.lake.table(conf.score.catalog)
+    if not lake.table_exists(spark, catalog_path):
+        hint = "skyclass extract --photometric" if conf.score.catalog == "photometric" else "skyclass extract"
+        raise ScoreError(f"no {conf.score.catalog} table at {catalog_path}; run `{hint}` (or `skyclass simulate` "
+                         "for a synthetic lake) first, or choose another table with --catalog")
+    catalog = spark.read.parquet(catalog_path)
+    raw_columns = [c for c in (*lake.MAGNITUDES, *spec.features) if c not in lake.COLOURS]
+    raw_columns = list(dict.fromkeys(raw_columns))
+    missing = [c for c in raw_columns if c not in catalog.columns]
+    if missing:
+        raise ScoreError(f"model {spec.version} uses {', '.join(missing)}, which the {conf.score.catalog} table at "
+                         f"{catalog_path} does not have; score it with a package trained with "
+                         "train.feature_set=photometric, or score the labelled catalog (--catalog catalog)")
+    objects = catalog.select("objid", *raw_columns)
+
+    predictions_root = conf.lake.path("predictions")
+    previous = read_predictions(spark, predictions_root)
+    if previous is not None and not conf.score.rescore:
+        done = previous.filter(F.col("model_version") == spec.version).select("objid")
+        objects = objects.join(done, "objid", "left_anti")
+    n_catalog = catalog.count()
+    n_to_score = objects.count()
+    night_path = f"{predictions_root.rstrip('/')}/{_night_dirname(run_date)}"
+    if n_to_score == 0:
+        # Nothing new: the night's partition (if any) already holds what a rewrite would produce.
+        log.info("all %d objects of %s are already scored by model %s; nothing to do", n_catalog,
+                 conf.score.catalog, spec.version)
+        have_night = lake.table_exists(spark, night_path)
+        counts = _status_counts(spark, night_path) if have_night else {}
+        return ScoreResult(run_date=run_date, model_version=spec.version, package_path=package_path,
+                           catalog=conf.score.catalog, path=night_path, n_catalog=n_catalog, n_scored=0,
+                           n_skipped=n_catalog, n_night_rows=sum(counts.values()), status_counts=counts,
+                           rescore=conf.score.rescore, seconds=time.monotonic() - began)
+
+    to_score = objects
+    if spec.needs_images:
+        cutouts_path = conf.lake.table("cutouts")
+        if lake.table_exists(spark, cutouts_path):
+            to_score = objects.join(spark.read.parquet(cutouts_path).select("objid", "jpeg"), "objid", "left")
+        else:
+            log.warning("no cutouts table at %s: every object is scored by the tabular fallback (no_cutout)",
+                        cutouts_path)
+            to_score = objects.withColumn("jpeg", F.lit(None).cast("binary"))
+
+    loads = spark.sparkContext.accumulator(0)
+    scored = to_score.mapInPandas(functools.partial(_score_batches, spec=spec, loads=loads),
+                                  lake.PREDICTIONS.spark_schema())
+    # One row per object even if the catalog or the cutouts table repeats an objid: the best status wins.
+    rank = F.when(F.col("status") == STATUS_OK, 0).when(F.col("status") == STATUS_NO_CUTOUT, 1).otherwise(2)
+    names = lake.PREDICTIONS.names
+    scored = (scored.withColumn("_rank", rank).groupBy("objid")
+              .agg(F.min_by(F.struct(*names), F.col("_rank")).alias("p")).select("p.*"))
+    night = scored
+    if lake.table_exists(spark, night_path):
+        # Rows of an earlier run of this night for objects not scored now stay; the rest are replaced.
+        kept = (spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(night_path)
+                .join(objects.select("objid"), "objid", "left_anti").select(*names))
+        night = scored.unionByName(kept)
+
+    previous_batch = spark.conf.get(_ARROW_BATCH_KEY, None)
+    spark.conf.set(_ARROW_BATCH_KEY, str(conf.score.batch_rows))
+    try:
+        log.info("scoring %d of %d objects of %s with model %s (%s) into %s", n_to_score, n_catalog,
+                 conf.score.catalog, spec.version, spec.mode, night_path)
+        replace_partition(spark, predictions_root, run_date, lambda staging: night.write.parquet(staging))
+    finally:
+        if previous_batch is None:
+            spark.conf.unset(_ARROW_BATCH_KEY)
+        else:
+            spark.conf.set(_ARROW_BATCH_KEY, previous_batch)
+    counts = _status_counts(spark, night_path)
+    result = ScoreResult(run_date=run_date, model_version=spec.version, package_path=package_path,
+                         catalog=conf.score.catalog, path=night_path, n_catalog=n_catalog, n_scored=n_to_score,
+                         n_skipped=n_catalog - n_to_score if not conf.score.rescore else 0,
+                         n_night_rows=sum(counts.values()), status_counts=counts, rescore=conf.score.rescore,
+                         model_loads=int(loads.value), seconds=time.monotonic() - began)
+    log.info("%s", result)
+    return result
+
+
+def _check_spec(spec: ScoringSpec) -> None:
+    if sorted(spec.classes) != sorted(CLASSES):
+        raise ScoreError(f"model {spec.version} at {spec.package_path} predicts classes {list(spec.classes)}; "
+                         f"scoring writes {', '.join(CLASSES)} probabilities — use a package trained on them")
+    unknown = [f for f in spec.features if f not in lake.PAPER_FEATURES]
+    if unknown:
+        raise ScoreError(f"model {spec.version} uses features {unknown} that scoring cannot compute "
+                         f"(known: {', '.join(lake.PAPER_FEATURES)})")
+    if spec.needs_images and spec.image_size_px <= 0:
+        raise ScoreError(f"model {spec.version} is a {spec.mode} model but its metadata.json has no image_size_px")
