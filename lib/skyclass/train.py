@@ -1,0 +1,567 @@
+"""Distributed training: Horovod on Spark, each process streaming its shard of ``lake/training`` with Petastorm.
+
+The driver (:func:`train_model`) reads the training table's statistics and Parquet footers, works out a plan that
+every process can follow in lock step (steps per epoch, shards, class weights), runs :func:`_train_on_horovod` in
+``conf.train.num_proc`` processes with ``horovod.spark.run``, and writes the model package from what rank 0 returns.
+
+For image and multimodal models a tabular model is trained in the same Horovod run after the main one, because
+scoring falls back to it for objects without a cutout.
+
+Rank 0 checkpoints every epoch (``<models>/<version>.checkpoints/<phase>/`` or ``train.checkpoint_dir``); a run
+with the same version picks up from there: ``train.epochs=4`` after a finished 2-epoch run trains epochs 3 and 4.
+A checkpoint holds the weights, the epoch and the per-epoch metrics so far; the optimizer's moments start afresh.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from skyclass import input_pipeline, lake, package
+from skyclass.config import Config
+from skyclass.errors import SkyclassError
+from skyclass.features import feature_names
+from skyclass.input_pipeline import InputSpec
+
+log = logging.getLogger(__name__)
+
+VERSION_FORMAT = "%Y%m%d-%H%M%S"
+MAIN_PHASE = "main"
+TABULAR_PHASE = "tabular"
+SEED = 20240101
+STATE_FILE = "state.json"
+# Keras metrics kept per epoch (plus validation twins); "lr" is the warmed-up learning rate.
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+
+
+class TrainingError(SkyclassError):
+    """Training cannot start or failed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One model to train (the configured mode, or the tabular fallback), as every process must run it."""
+
+    name: str
+    spec: InputSpec
+    steps_per_epoch: int
+    train_shards: Optional[int]  # shard_count for make_batch_reader; None = every process reads everything
+    validation_batch_size: int
+    validation_steps: int
+    validation_shards: Optional[int]
+    rows_per_epoch: int  # samples all processes together consume per epoch
+    fingerprint: Mapping[str, Any]  # what the checkpointed weights must match
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything the Horovod processes need: plain data, pickled to the executors."""
+
+    version: str
+    train_path: str
+    validation_path: str
+    checkpoint_dir: str
+    phases: tuple[PhasePlan, ...]
+    model_kwargs: Mapping[str, Any]
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_epochs: int
+    patience: int
+    class_weight: Optional[Mapping[int, float]]
+    num_proc: int
+    seed: int = SEED
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train_model` did; ``str()`` is the summary the CLI prints."""
+
+    path: str
+    version: str
+    mode: str
+    validation_loss: float
+    validation_accuracy: float
+    tabular_validation_loss: float
+    tabular_validation_accuracy: float
+    epochs: int  # epochs the main model has been trained for, including resumed ones
+    initial_epoch: int  # epochs already done (from a checkpoint) when this run started
+    stopped_early: bool
+    elapsed_s: float
+    samples_per_s: Optional[float]  # training throughput of the main model, all processes together
+    num_proc: int
+    history: Mapping[str, list] = field(repr=False, default_factory=dict)
+
+    def __str__(self) -> str:
+        rate = f"{self.samples_per_s:,.0f} samples/s" if self.samples_per_s else "no new epochs"
+        resumed = f", resumed at epoch {self.initial_epoch}" if self.initial_epoch else ""
+        stopped = ", stopped early" if self.stopped_early else ""
+        lines = [
+            f"model {self.version} ({self.mode}) written to {self.path}",
+            f"  validation: loss {self.validation_loss:.4f}, accuracy {self.validation_accuracy:.4f}",
+        ]
+        if self.mode != "tabular":
+            lines.append(f"  tabular fallback validation: loss {self.tabular_validation_loss:.4f}, accuracy "
+                         f"{self.tabular_validation_accuracy:.4f}")
+        lines.append(f"  {self.epochs} epochs{resumed}{stopped} on {self.num_proc} Horovod processes, "
+                     f"{self.elapsed_s:.1f} s, {rate}")
+        return "\n".join(lines)
+
+
+def train_model(spark, conf: Config) -> TrainResult:
+    """Train the configured model with Horovod on Spark and write a model package.
+
+    Parameters
+    ----------
+    spark : SparkSession
+        Horovod starts one Spark task per process (``conf.train.num_proc``), so the cluster needs that many task
+        slots free at once.
+    conf : Config
+        ``train`` section: mode, feature set, backbone, epochs, batch size (per process), learning rate (per
+        process, scaled by the number of processes), warmup, early-stopping patience, version, checkpoint folder.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    TrainingError
+        Missing training table, too few rows for one batch, a checkpoint written for a different model, Horovod
+        missing, or a failed Horovod run.
+    """
+    started = time.perf_counter()
+    tc = conf.train
+    version = package.check_version_name(tc.version or datetime.now(timezone.utc).strftime(VERSION_FORMAT))
+    lake_root = conf.lake.path("root")
+    models_dir = conf.lake.path("models")
+    stats = input_pipeline.load_training_stats(lake.training_stats_path(lake_root))
+    plan = build_plan(conf, stats, version)
+    _check_local_checkpoints(plan)
+
+    try:
+        import horovod.spark
+    except ImportError as err:
+        raise TrainingError(f"Horovod is not installed in this environment ({err}); run `make setup`, which builds "
+                            "it with TensorFlow and Gloo") from None
+    log.info("training %s model %s on %d Horovod processes: %s", tc.mode, version, tc.num_proc,
+             ", ".join(f"{p.name} {p.steps_per_epoch} steps/epoch x {tc.epochs} epochs" for p in plan.phases))
+    try:
+        results = horovod.spark.run(_train_on_horovod, args=(plan,), num_proc=tc.num_proc, use_gloo=True,
+                                    verbose=1, env=_worker_env())
+    except Exception as err:  # Horovod wraps worker failures in assorted exception types
+        raise TrainingError(f"Horovod training of {version} failed: {err}. The workers' output above shows the "
+                            f"cause; rerunning with the same version resumes from {plan.checkpoint_dir}") from err
+    summary = next((r for r in results if r is not None), None)
+    if summary is None:
+        raise TrainingError("no Horovod process returned the trained model (rank 0 returned nothing)")
+
+    main = summary[MAIN_PHASE]
+    tabular = summary.get(TABULAR_PHASE, main)
+    for record in main["records"]:
+        log.info("epoch %d: %s", record["epoch"], _format_record(record))
+    metadata = _metadata(conf, stats, plan, main, tabular)
+    path = package.write_package(models_dir, version, model_keras=main["model_keras"],
+                                 tabular_keras=tabular["model_keras"], metadata=metadata,
+                                 simulated=bool(stats.raw.get("simulated", False)))
+    result = TrainResult(
+        path=path, version=version, mode=tc.mode,
+        validation_loss=main["validation"]["loss"], validation_accuracy=main["validation"]["accuracy"],
+        tabular_validation_loss=tabular["validation"]["loss"],
+        tabular_validation_accuracy=tabular["validation"]["accuracy"],
+        epochs=len(main["records"]), initial_epoch=main["initial_epoch"], stopped_early=main["stopped_early"],
+        elapsed_s=time.perf_counter() - started, samples_per_s=_typical_rate(main), num_proc=tc.num_proc,
+        history=metadata["history"])
+    log.info("%s", result)
+    return result
+
+
+def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) -> TrainPlan:
+    """Work out shards, steps and class weights from the training table's footers and statistics.
+
+    Raises
+    ------
+    TrainingError
+        A split is too small for one batch per process, or has no cutouts for an image model.
+    """
+    tc = conf.train
+    lake_root = conf.lake.path("root")
+    features = feature_names(tc.feature_set)
+    missing = [f for f in features if f not in stats.normalisation]
+    if missing:
+        raise TrainingError(f"training statistics have no mean/std for {', '.join(missing)} (feature set "
+                            f"{tc.feature_set!r}); rebuild the training table (skyclass table)")
+    train_path = lake.training_split_path(lake_root, "train")
+    validation_path = lake.training_split_path(lake_root, "validation")
+    train_groups = input_pipeline.list_row_groups(train_path)
+    validation_groups = input_pipeline.list_row_groups(validation_path)
+    normalisation = {f: dict(stats.normalisation[f]) for f in features}
+    model_kwargs = {
+        "n_features": len(features), "image_size_px": tc.image_size_px, "n_classes": len(stats.classes),
+        "backbone": tc.backbone, "weights": tc.weights, "trainable_layers": tc.trainable_layers,
+        "tabular_units": tuple(tc.tabular_units), "fusion_units": tuple(tc.fusion_units), "dropout": tc.dropout,
+        "batch_norm": tc.batch_norm,
+    }
+    modes = [(MAIN_PHASE, tc.mode)] + ([(TABULAR_PHASE, "tabular")] if tc.mode != "tabular" else [])
+    phases = []
+    for name, mode in modes:
+        spec = InputSpec(mode, tuple(features), normalisation, tc.image_size_px)
+        phases.append(_phase_plan(name, spec, tc, train_groups, validation_groups, model_kwargs))
+    checkpoint_dir = tc.checkpoint_dir or os.path.join(conf.lake.path("models"),
+                                                       f"{version}{package.CHECKPOINTS_SUFFIX}")
+    weights = (input_pipeline.class_weights(stats.label_counts, stats.classes) if tc.class_weights else None)
+    return TrainPlan(
+        version=version, train_path=train_path, validation_path=validation_path,
+        checkpoint_dir=os.path.join(checkpoint_dir, "") if "://" not in checkpoint_dir else checkpoint_dir,
+        phases=tuple(phases), model_kwargs=model_kwargs, epochs=tc.epochs, batch_size=tc.batch_size,
+        learning_rate=tc.learning_rate, warmup_epochs=tc.warmup_epochs, patience=tc.early_stopping_patience,
+        class_weight=weights, num_proc=tc.num_proc)
+
+
+def _phase_plan(name, spec: InputSpec, tc, train_groups, validation_groups, model_kwargs) -> PhasePlan:
+    train_shards = input_pipeline.shard_plan(train_groups, tc.num_proc)
+    validation_shards = input_pipeline.shard_plan(validation_groups, tc.num_proc)
+    for split, groups, shards in (("train", train_groups, train_shards),
+                                  ("validation", validation_groups, validation_shards)):
+        if shards is None and tc.num_proc > 1:
+            log.warning("the %s split has %d row groups, fewer than the %d processes: every process reads all of "
+                        "it (rebuild the training table with smaller row groups to shard it)", split, len(groups),
+                        tc.num_proc)
+    train_rows = min(input_pipeline.shard_row_counts(train_groups, train_shards, with_image=spec.uses_image))
+    validation_rows = min(input_pipeline.shard_row_counts(validation_groups, validation_shards,
+                                                          with_image=spec.uses_image))
+    what = "rows with a cutout" if spec.uses_image else "rows"
+    if train_rows < tc.batch_size:
+        raise TrainingError(f"the train split gives a process only {train_rows} {what}, fewer than one batch of "
+                            f"train.batch_size={tc.batch_size}; lower train.batch_size or train.num_proc, or add data")
+    if validation_rows < 1:
+        raise TrainingError(f"the validation split has no {what} for the {spec.mode} model; rebuild the training "
+                            "table with a non-zero split.validation")
+    # Every process runs exactly this many steps (Horovod's allreduce needs all of them in every step); the
+    # readers repeat for ever, so a shard a little longer than the others just wraps around later.
+    steps = tc.steps_per_epoch or train_rows // tc.batch_size
+    validation_batch = min(tc.batch_size, validation_rows)
+    fingerprint = {"mode": spec.mode, "features": list(spec.features), "classes": model_kwargs["n_classes"],
+                   **({k: _plain(v) for k, v in model_kwargs.items() if k not in ("n_features", "n_classes")}
+                      if spec.mode != "tabular" else
+                      {k: _plain(model_kwargs[k]) for k in ("tabular_units", "dropout", "batch_norm")})}
+    return PhasePlan(name=name, spec=spec, steps_per_epoch=steps, train_shards=train_shards,
+                     validation_batch_size=validation_batch, validation_steps=validation_rows // validation_batch,
+                     validation_shards=validation_shards, rows_per_epoch=steps * tc.batch_size * tc.num_proc,
+                     fingerprint=fingerprint)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check_local_checkpoints(plan: TrainPlan) -> None:
+    """Refuse early, on the driver, to resume from a checkpoint of a different model (local folders only; rank 0
+    checks again wherever the folder is)."""
+    if "://" in plan.checkpoint_dir:
+        return
+    for phase in plan.phases:
+        path = os.path.join(plan.checkpoint_dir, phase.name, STATE_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                _check_fingerprint(json.load(fh), phase, path)
+
+
+def _check_fingerprint(state: Mapping, phase: PhasePlan, where: str) -> None:
+    if state.get("fingerprint") != phase.fingerprint:
+        raise TrainingError(
+            f"the checkpoint {where} was written for a different {phase.name} model ({state.get('fingerprint')} "
+            f"vs {dict(phase.fingerprint)}); choose another train.version, or delete that folder to start over")
+
+
+def _worker_env() -> dict:
+    # Added to each executor's own environment by Horovod's task service (the executor's PATH, PYTHONPATH and
+    # Hadoop tokens must stay): only quieten TensorFlow's C++ start-up chatter in the relayed output.
+    return {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+
+
+def _typical_rate(phase_summary: Mapping) -> Optional[float]:
+    rates = [r["samples_per_s"] for r in phase_summary["records"][phase_summary["initial_epoch"]:]]
+    # The first epoch of a process pays for graph tracing and reader start-up: leave it out when there are more.
+    rates = rates[1:] if len(rates) > 1 else rates
+    return float(statistics.median(rates)) if rates else None
+
+
+def _format_record(record: Mapping) -> str:
+    parts = [f"{k} {record[k]:.4f}" for k in ("loss", "val_loss", "accuracy", "val_accuracy") if k in record]
+    return ", ".join(parts) + f", {record['samples_per_s']:,.0f} samples/s"
+
+
+def _history(records) -> dict:
+    return {k: [float(r[k]) for r in records] for k in HISTORY_KEYS if records and all(k in r for r in records)}
+
+
+def _metadata(conf: Config, stats, plan: TrainPlan, main: Mapping, tabular: Mapping) -> dict:
+    tc = conf.train
+    main_phase = plan.phases[0]
+    return {
+        "version": plan.version, "mode": tc.mode, "backbone": tc.backbone if tc.mode != "tabular" else None,
+        "feature_set": tc.feature_set, "features": list(main_phase.spec.features), "classes": list(stats.classes),
+        "normalisation": {k: dict(v) for k, v in main_phase.spec.normalisation.items()},
+        "image_size_px": tc.image_size_px, "config": conf.to_dict(),
+        "lake_snapshot": {"training_path": os.path.dirname(plan.train_path), "rows": dict(stats.rows),
+                          "label_counts": dict(stats.label_counts), "stats_created_at": stats.created_at},
+        "class_weight": {stats.classes[k]: w for k, w in plan.class_weight.items()} if plan.class_weight else None,
+        "num_proc": plan.num_proc, "batch_size_per_process": plan.batch_size,
+        "history": _history(main["records"]), "tabular_history": _history(tabular["records"]),
+        "epochs": [{k: r[k] for k in ("epoch", "samples_per_s", "train_seconds")} for r in main["records"]],
+        "initial_epoch": main["initial_epoch"], "stopped_early": main["stopped_early"],
+        "validation": main["validation"], "tabular_validation": tabular["validation"],
+        "code_version": package.code_version(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What runs in the Horovod processes (shipped by horovod.spark.run to Spark tasks).
+# ---------------------------------------------------------------------------------------------------------------
+
+def _train_on_horovod(plan: TrainPlan) -> Optional[dict]:
+    """Train every phase of ``plan`` in one Horovod process; rank 0 returns the models and metrics, others None.
+
+    TensorFlow, Horovod and Petastorm are imported here, not at module level: this function runs in a fresh
+    process started by Horovod's Spark task service, and the driver must be able to import this module without
+    loading TensorFlow.
+    """
+    import warnings
+
+    import tensorflow as tf
+    import horovod.tensorflow as hvd_tf
+    import horovod.tensorflow.keras as hvd
+
+    # Collective operations need every process: init before touching data or models.
+    hvd.init()
+    rank = hvd.rank()
+    _configure_worker_logging(rank)
+    # pyarrow 10 deprecations raised inside Petastorm, once per row group: noise in the relayed output.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        # One GPU per process, chosen by the local rank so processes on one machine never share a device.
+        gpu = gpus[hvd.local_rank() % len(gpus)]
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
+    else:
+        # Processes on one machine share its cores; oversubscribing them makes every allreduce wait for the slowest.
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
+
+    summary = {}
+    for phase in plan.phases:
+        summary[phase.name] = _train_phase(plan, phase, tf, hvd, hvd_tf)
+    # Rank 0 evaluates alone at the end of each phase; keep the others here until it is done, so no process
+    # leaves the Horovod job while another may still need it.
+    hvd_tf.broadcast_object(0, root_rank=0, name="skyclass_done")
+    return summary if rank == 0 else None
+
+
+def _configure_worker_logging(rank: int) -> None:
+    # A fresh process has no handlers; Horovod relays its stderr to the driver, prefixed with the rank.
+    root = logging.getLogger("skyclass")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def _train_phase(plan: TrainPlan, phase: PhasePlan, tf, hvd, hvd_tf) -> Optional[dict]:
+    from skyclass.models import build_model, compile_model
+
+    rank, size = hvd.rank(), hvd.size()
+    checkpoint = _Checkpoint(os.path.join(plan.checkpoint_dir, phase.name), tf)
+    # Only rank 0 touches the checkpoint folder (it alone writes it; others may not even see it on a cluster).
+    state = checkpoint.load_state() if rank == 0 else None
+    if state is not None:
+        _check_fingerprint(state, phase, checkpoint.folder)
+    state = hvd_tf.broadcast_object(state, root_rank=0, name=f"skyclass_state_{phase.name}")
+
+    # The same seed everywhere gives every process the same initial weights; the broadcast below makes it certain.
+    tf.keras.utils.set_random_seed(plan.seed)
+    kwargs = dict(plan.model_kwargs, mode=phase.spec.mode)
+    model = build_model(**kwargs)
+    if state is not None and rank == 0:
+        checkpoint.load_weights(model, state)
+    hvd_tf.broadcast_variables(model.variables, root_rank=0)
+
+    records = list(state["records"]) if state else []
+    initial_epoch = int(state["epoch"]) if state else 0
+    stopped_early = bool(state and state.get("stopped_early"))
+    if initial_epoch > 0:
+        log.info("%s model: resuming from the checkpoint at epoch %d", phase.name, initial_epoch)
+    if not stopped_early and initial_epoch < plan.epochs:
+        stopped_early = _fit(plan, phase, model, records, initial_epoch, checkpoint, tf, hvd)
+    else:
+        log.info("%s model: checkpoint already complete (%d epochs%s)", phase.name, initial_epoch,
+                 ", stopped early" if stopped_early else "")
+
+    if rank != 0:
+        return None
+    # A clean copy compiled with a plain optimizer: the Horovod-wrapped one would not load without Horovod.
+    export = build_model(**kwargs)
+    export.set_weights(model.get_weights())
+    compile_model(export, tf.keras.optimizers.legacy.Adam(plan.learning_rate))
+    checkpoint.save(export, {"epoch": len(records), "records": records, "stopped_early": stopped_early,
+                             "fingerprint": dict(phase.fingerprint)})
+    validation = _evaluate_rank0(plan, phase, export)
+    log.info("%s model: validation loss %.4f, accuracy %.4f over %d objects", phase.name, validation["loss"],
+             validation["accuracy"], validation["objects"])
+    return {"model_keras": package.keras_model_bytes(export), "records": records, "initial_epoch": initial_epoch,
+            "stopped_early": stopped_early, "validation": validation}
+
+
+def _fit(plan: TrainPlan, phase: PhasePlan, model, records: list, initial_epoch: int, checkpoint: "_Checkpoint",
+         tf, hvd) -> bool:
+    """Train ``model`` from ``initial_epoch`` to ``plan.epochs``; returns True if early stopping ended it."""
+    from skyclass.models import compile_model
+
+    rank, size = hvd.rank(), hvd.size()
+    # Gradients are averaged over `size` processes, i.e. a batch `size` times larger: scale the rate to match,
+    # and warm up to it (large rates at the start of training diverge; Goyal et al. 2017).
+    scaled_lr = plan.learning_rate * size
+    optimizer = hvd.DistributedOptimizer(tf.keras.optimizers.legacy.Adam(learning_rate=scaled_lr))
+    compile_model(model, optimizer)
+    early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=plan.patience,
+                                                      restore_best_weights=True)
+    callbacks = [
+        # Rank 0's weights (and, after the first step, optimizer slots) everywhere, resumed or not.
+        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+        # Before anything reading the logs: early stopping must see the same val_loss on every process, or one
+        # would stop while the others wait for it in the next allreduce.
+        hvd.callbacks.MetricAverageCallback(),
+    ]
+    if plan.warmup_epochs > 0:
+        callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
+            initial_lr=scaled_lr, warmup_epochs=plan.warmup_epochs, steps_per_epoch=phase.steps_per_epoch))
+    callbacks.append(_EpochEnd(phase, records, checkpoint if rank == 0 else None, plan.epochs))
+    callbacks.append(early_stopping)
+
+    shuffle_buffer = 2 * plan.batch_size
+    train_shard = rank if phase.train_shards else None
+    validation_shard = rank if phase.validation_shards else None
+    spec = phase.spec
+    # The same Petastorm seed on every process (it also seeds the row-group shuffle); tf.data's shuffle differs.
+    with input_pipeline.open_reader(plan.train_path, spec, cur_shard=train_shard, shard_count=phase.train_shards,
+                                    num_epochs=None, seed=plan.seed) as train_reader, \
+            input_pipeline.open_reader(plan.validation_path, spec, cur_shard=validation_shard,
+                                       shard_count=phase.validation_shards, num_epochs=None,
+                                       shuffle=False) as validation_reader:
+        train = input_pipeline.make_dataset(train_reader, spec, batch_size=plan.batch_size,
+                                            shuffle_buffer=shuffle_buffer, seed=plan.seed + rank)
+        validation = input_pipeline.make_dataset(validation_reader, spec, batch_size=phase.validation_batch_size)
+        model.fit(train, steps_per_epoch=phase.steps_per_epoch, epochs=plan.epochs, initial_epoch=initial_epoch,
+                  validation_data=validation, validation_steps=phase.validation_steps,
+                  class_weight=dict(plan.class_weight) if plan.class_weight else None, callbacks=callbacks,
+                  verbose=0)
+    return early_stopping.stopped_epoch > 0
+
+
+def _evaluate_rank0(plan: TrainPlan, phase: PhasePlan, model) -> dict:
+    """Loss and accuracy of the final weights over the whole validation split (one pass, unsharded)."""
+    with input_pipeline.open_reader(plan.validation_path, phase.spec, num_epochs=1, shuffle=False) as reader:
+        dataset = input_pipeline.make_dataset(reader, phase.spec, batch_size=plan.batch_size, drop_remainder=False)
+        loss_sum, correct, objects = 0.0, 0, 0
+        for inputs, labels in dataset:
+            proba = model(inputs, training=False).numpy()
+            labels = labels.numpy()
+            # Keras clips probabilities at its epsilon (1e-7) in cross-entropy: same here, so the numbers compare.
+            picked = np.clip(proba[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
+            loss_sum += float(-np.log(picked).sum())
+            correct += int((proba.argmax(axis=1) == labels).sum())
+            objects += len(labels)
+    if objects == 0:
+        return {"loss": float("nan"), "accuracy": float("nan"), "objects": 0}
+    return {"loss": loss_sum / objects, "accuracy": correct / objects, "objects": objects}
+
+
+class _EpochEnd:
+    """Rank-0 bookkeeping after each epoch: metrics record, progress line, checkpoint. Built lazily as a Keras
+    callback (TensorFlow is imported only inside the Horovod process)."""
+
+    def __new__(cls, phase: PhasePlan, records: list, checkpoint: Optional["_Checkpoint"], epochs: int):
+        import tensorflow as tf
+
+        class EpochEnd(tf.keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.started = time.perf_counter()
+                self.validation_started = None
+
+            def on_test_begin(self, logs=None):
+                if self.validation_started is None:
+                    self.validation_started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                train_seconds = (self.validation_started or time.perf_counter()) - self.started
+                record = {k: float(v) for k, v in (logs or {}).items()}
+                record.update(epoch=epoch + 1, train_seconds=train_seconds,
+                              samples_per_s=phase.rows_per_epoch / train_seconds if train_seconds > 0 else 0.0)
+                records.append(record)
+                if checkpoint is not None:
+                    log.info("%s epoch %d/%d: %s", phase.name, epoch + 1, epochs, _format_record(record))
+                    checkpoint.save(self.model, {"epoch": epoch + 1, "records": records, "stopped_early": False,
+                                                 "fingerprint": dict(phase.fingerprint)})
+
+        return EpochEnd()
+
+
+class _Checkpoint:
+    """Weights + state of one phase in a folder that may be local or any URI tf.io.gfile knows (hdfs://, gs://).
+
+    Weights go to a new file per epoch and state.json is replaced after it, so a crash mid-write leaves the
+    previous consistent pair.
+    """
+
+    def __init__(self, folder: str, tf):
+        self.folder = folder.rstrip("/")
+        self.tf = tf
+
+    def _path(self, name: str) -> str:
+        return f"{self.folder}/{name}"
+
+    def load_state(self) -> Optional[dict]:
+        gfile = self.tf.io.gfile
+        if not gfile.exists(self._path(STATE_FILE)):
+            return None
+        with gfile.GFile(self._path(STATE_FILE), "r") as fh:
+            return json.load(fh)
+
+    def load_weights(self, model, state: Mapping) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="skyclass-ckpt-") as tmp:
+            local = os.path.join(tmp, "weights.h5")
+            self.tf.io.gfile.copy(self._path(state["weights"]), local, overwrite=True)
+            model.load_weights(local)
+
+    def save(self, model, state: dict) -> None:
+        import tempfile
+
+        gfile = self.tf.io.gfile
+        gfile.makedirs(self.folder)
+        previous = self.load_state()
+        weights_name = f"weights-epoch{state['epoch']:04d}-{int(time.time() * 1000)}.h5"
+        with tempfile.TemporaryDirectory(prefix="skyclass-ckpt-") as tmp:
+            local = os.path.join(tmp, "weights.h5")
+            model.save_weights(local)
+            gfile.copy(local, self._path(weights_name), overwrite=True)
+        state = dict(state, weights=weights_name)
+        with gfile.GFile(self._path(STATE_FILE + ".tmp"), "w") as fh:
+            json.dump(state, fh, default=float)
+        gfile.rename(self._path(STATE_FILE + ".tmp"), self._path(STATE_FILE), overwrite=True)
+        if previous and previous.get("weights") and previous["weights"] != weights_name:
+            try:
+                gfile.remove(self._path(previous["weights"]))
+            except self.tf.errors.NotFoundError:
+                pass

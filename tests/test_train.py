@@ -1,0 +1,352 @@
+"""Training: the Petastorm input pipeline (sharding, decoding, standardisation, class weights) and Horovod-on-Spark
+training of each mode on a tiny lake written here with pyarrow (lake.TRAINING + stats.json)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from skyclass import lake
+from skyclass.config import CLASSES
+
+# Class-dependent photometry (mean g-r, u-g, redshift) so the features carry signal, with enough scatter that the
+# classes overlap a little.
+_CLASS_PHOTOMETRY = {"GALAXY": (0.9, 1.8, 0.12), "STAR": (0.4, 1.2, 0.0), "QSO": (0.1, 0.3, 1.6)}
+_CLASS_SHARE = (0.5, 0.35, 0.15)  # QSO is the rare class, as in real samples
+
+
+def _cutout_jpeg(cls: str, size_px: int, rng: np.random.Generator) -> bytes:
+    """A cutout whose look depends on the class: stars are small white dots, QSOs small blue dots, galaxies large
+    reddish smudges; random position jitter, brightness and noise."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:size_px, 0:size_px].astype(np.float64)
+    cx, cy = size_px / 2 + rng.normal(0, 1.5, 2)
+    sigma = {"STAR": 1.2, "QSO": 1.2, "GALAXY": size_px / 8}[cls] * rng.uniform(0.8, 1.25)
+    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+    colour = {"STAR": (1.0, 1.0, 1.0), "QSO": (0.35, 0.55, 1.0), "GALAXY": (1.0, 0.7, 0.4)}[cls]
+    brightness = rng.uniform(0.6, 1.0)
+    pixels = np.stack([blob * c * brightness for c in colour], axis=-1) + rng.normal(0.05, 0.03,
+                                                                                   (size_px, size_px, 3))
+    buffer = io.BytesIO()
+    Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _rows(n: int, split: str, first_objid: int, size_px: int, missing_image_fraction: float,
+          rng: np.random.Generator) -> dict:
+    labels = rng.choice(len(CLASSES), size=n, p=_CLASS_SHARE).astype(np.int32)
+    classes = [CLASSES[k] for k in labels]
+    g_r, u_g, z = (np.array([_CLASS_PHOTOMETRY[c][j] for c in classes]) for j in range(3))
+    r = rng.uniform(15.0, 19.5, n)
+    g = r + g_r + rng.normal(0, 0.25, n)
+    u = g + u_g + rng.normal(0, 0.35, n)
+    i = r - 0.5 * g_r + rng.normal(0, 0.15, n)
+    zmag = i - 0.3 * g_r + rng.normal(0, 0.15, n)
+    redshift = np.abs(z + rng.normal(0, 0.05 + 0.3 * z, n))
+    mags = {"u": u, "g": g, "r": r, "i": i, "z": zmag}
+    columns = {
+        "objid": np.arange(first_objid, first_objid + n, dtype=np.int64),
+        "split": [split] * n, "label": labels, "class": classes,
+        **{m: mags[m].astype(np.float32) for m in lake.MAGNITUDES},
+        "u_g": (u - g).astype(np.float32), "g_r": (g - r).astype(np.float32),
+        "r_i": (r - i).astype(np.float32), "i_z": (i - zmag).astype(np.float32),
+        "redshift": redshift.astype(np.float32),
+        "jpeg": [None if rng.random() < missing_image_fraction else _cutout_jpeg(c, size_px, rng) for c in classes],
+    }
+    return columns
+
+
+def write_training_lake(lake_root, *, rows=None, rows_per_group=None, size_px: int = 32, seed: int = 0,
+                        missing_image_fraction: float = 0.05, files_per_split: int = 2) -> dict:
+    """Write ``<lake_root>/training/{train,validation,test}/`` (lake.TRAINING, several files and row groups per
+    split, as Petastorm shards by row group) and ``training/stats.json`` with statistics of the train split.
+
+    Returns the stats dict. Also used by bench/train_bench.py.
+    """
+    rows = rows or {"train": 320, "validation": 80, "test": 40}
+    rows_per_group = rows_per_group or {"train": 40, "validation": 20, "test": 20}
+    rng = np.random.default_rng(seed)
+    schema = lake.TRAINING.arrow_schema()
+    first = 1_237_650_000_000_000_000
+    train_columns = None
+    for split in lake.SPLITS:
+        columns = _rows(rows[split], split, first, size_px, missing_image_fraction, rng)
+        first += rows[split]
+        if split == "train":
+            train_columns = columns
+        table = pa.Table.from_pydict(columns, schema=schema)
+        folder = lake.training_split_path(str(lake_root), split)
+        os.makedirs(folder, exist_ok=True)
+        bounds = np.linspace(0, table.num_rows, files_per_split + 1).astype(int)
+        for k in range(files_per_split):
+            pq.write_table(table.slice(bounds[k], bounds[k + 1] - bounds[k]),
+                           os.path.join(folder, f"part-{k:05d}.parquet"), row_group_size=rows_per_group[split])
+    stats = {
+        "classes": list(CLASSES),
+        "features": {f: {"mean": float(np.mean(train_columns[f], dtype=np.float64)),
+                         "std": float(np.std(train_columns[f], dtype=np.float64))} for f in lake.PAPER_FEATURES},
+        "label_counts": {c: int(np.sum(train_columns["label"] == k)) for k, c in enumerate(CLASSES)},
+        "rows": dict(rows), "image_size_px": size_px,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    with open(lake.training_stats_path(str(lake_root)), "w", encoding="utf-8") as fh:
+        json.dump(stats, fh, indent=2)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input pipeline (no Horovod)
+# ---------------------------------------------------------------------------------------------------------------
+
+from skyclass import input_pipeline  # noqa: E402
+from skyclass.input_pipeline import InputSpec, TrainingTableError  # noqa: E402
+
+
+def _solid_jpeg(rgb, size_px=8) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size_px, size_px), rgb).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_class_weights_are_balanced():
+    weights = input_pipeline.class_weights({"GALAXY": 50, "STAR": 30, "QSO": 20}, CLASSES)
+    # n / (k * count) with n = 100, k = 3
+    assert weights == pytest.approx({0: 100 / 150, 1: 100 / 90, 2: 100 / 60})
+    # An absent class does not count in k and gets a neutral weight.
+    assert input_pipeline.class_weights({"GALAXY": 30, "STAR": 10}, CLASSES) == pytest.approx(
+        {0: 40 / 60, 1: 40 / 20, 2: 1.0})
+    with pytest.raises(TrainingTableError, match="no labelled rows"):
+        input_pipeline.class_weights({"GALAXY": 0}, CLASSES)
+
+
+def test_transform_standardises_features_and_decodes_cutouts():
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "label": [0, 1, 2, 1],
+        "g": [18.0, 20.0, 17.0, 19.0], "r": [17.0, 17.5, 16.0, np.nan],
+        "jpeg": [_solid_jpeg((255, 0, 0)), None, b"not a jpeg", _solid_jpeg((0, 0, 255), size_px=16)],
+    })
+    normalisation = {"g": {"mean": 18.0, "std": 2.0}, "r": {"mean": 17.0, "std": 0.5}}
+    tabular = input_pipeline.transform_batch(frame, InputSpec("tabular", ("g", "r"), normalisation, 8))
+    assert list(tabular.columns) == ["label", "features"]
+    np.testing.assert_array_equal(tabular["label"], [0, 1, 2, 1])
+    # (value - mean) / std by hand; a missing value becomes the mean (0).
+    np.testing.assert_allclose(np.stack(tabular["features"]), [[0, 0], [1, 1], [-0.5, -2], [0.5, 0]])
+
+    image = input_pipeline.transform_batch(frame, InputSpec("multimodal", ("g", "r"), normalisation, 8))
+    # The missing and the corrupt cutout are dropped; the 16 px one is resized to 8 px.
+    np.testing.assert_array_equal(image["label"], [0, 1])
+    np.testing.assert_allclose(np.stack(image["features"]), [[0, 0], [0.5, 0]])
+    pixels = np.stack(image["image"])
+    assert pixels.shape == (2, 8, 8, 3) and pixels.dtype == np.float32
+    np.testing.assert_allclose(pixels[0].mean(axis=(0, 1)), [1, 0, 0], atol=0.02)
+    np.testing.assert_allclose(pixels[1].mean(axis=(0, 1)), [0, 0, 1], atol=0.02)
+
+
+def test_tabular_reader_never_reads_cutouts():
+    spec = InputSpec("tabular", ("g", "r_i"), {}, 64)
+    assert spec.source_columns() == ["label", "g", "r_i"]
+    assert InputSpec("image", ("g",), {}, 64).source_columns() == ["label", "g", "jpeg"]
+
+
+def test_shards_are_disjoint_and_cover_the_split(tmp_path):
+    write_training_lake(tmp_path / "lake")
+    path = lake.training_split_path(str(tmp_path / "lake"), "train")
+    everything = pq.read_table(path, columns=["objid"]).column("objid").to_numpy()
+    shard0 = input_pipeline.shard_objids(path, 0, 2)
+    shard1 = input_pipeline.shard_objids(path, 1, 2)
+    assert len(set(shard0) & set(shard1)) == 0
+    assert sorted(np.concatenate([shard0, shard1])) == sorted(everything)
+    groups = input_pipeline.list_row_groups(path)
+    assert len(groups) == 8  # 2 files x 160 rows in row groups of 40
+    assert input_pipeline.shard_row_counts(groups, 2, with_image=False) == [len(shard0), len(shard1)]
+
+
+def test_row_counts_from_footers_match_what_each_shard_reader_delivers(tmp_path):
+    stats = write_training_lake(tmp_path / "lake", missing_image_fraction=0.2)
+    path = lake.training_split_path(str(tmp_path / "lake"), "train")
+    groups = input_pipeline.list_row_groups(path)
+    spec = InputSpec("image", lake.PHOTOMETRIC_FEATURES, stats["features"], 32)
+    delivered = []
+    for shard in (0, 1):
+        with input_pipeline.open_reader(path, spec, cur_shard=shard, shard_count=2, num_epochs=1) as reader:
+            delivered.append(sum(len(batch.label) for batch in reader))
+    assert input_pipeline.shard_row_counts(groups, 2, with_image=True) == delivered
+    # The footers' null counts, checked against the data itself.
+    jpegs = pq.read_table(path, columns=["jpeg"]).column("jpeg")
+    assert sum(delivered) == len(jpegs) - jpegs.null_count < len(jpegs)
+
+
+def test_a_split_with_fewer_row_groups_than_processes_is_read_whole(tmp_path):
+    write_training_lake(tmp_path / "lake", rows_per_group={"train": 40, "validation": 100, "test": 100})
+    groups = input_pipeline.list_row_groups(lake.training_split_path(str(tmp_path / "lake"), "validation"))
+    assert len(groups) == 2 and input_pipeline.shard_plan(groups, 4) is None
+    assert input_pipeline.shard_row_counts(groups, None, with_image=False) == [80]
+
+
+def test_missing_statistics_say_to_build_the_table(tmp_path):
+    with pytest.raises(TrainingTableError, match="skyclass table"):
+        input_pipeline.load_training_stats(lake.training_stats_path(str(tmp_path)))
+
+
+def test_dataset_url_makes_local_paths_file_urls(tmp_path):
+    assert input_pipeline.dataset_url(str(tmp_path)) == f"file://{tmp_path}"
+    assert input_pipeline.dataset_url("hdfs://nn/lake/training/train") == "hdfs://nn/lake/training/train"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning on the driver (no Horovod)
+# ---------------------------------------------------------------------------------------------------------------
+
+from skyclass import train as train_module  # noqa: E402
+from skyclass.package import ModelPackage, latest_package  # noqa: E402
+from skyclass.train import TrainingError, train_model  # noqa: E402
+
+# Small and quick: 32 px cutouts, narrow layers. No batch norm: with a handful of steps its moving averages are
+# still far from the batch statistics, and validation would look like chance.
+TINY_TRAIN = {"batch_size": 32, "image_size_px": 32, "tabular_units": [32, 16], "fusion_units": [16],
+              "batch_norm": False, "dropout": 0.0, "learning_rate": 0.003, "num_proc": 2, "warmup_epochs": 1,
+              "early_stopping_patience": 5}
+
+
+def _tiny_conf(conf_for, tmp_path, **train):
+    stats = write_training_lake(tmp_path / "lake")
+    return conf_for(train={**TINY_TRAIN, **train}), stats
+
+
+def test_plan_gives_every_process_the_same_steps(conf_for, tmp_path):
+    conf, stats = _tiny_conf(conf_for, tmp_path, mode="multimodal", version="v1")
+    plan = train_module.build_plan(conf, input_pipeline.load_training_stats(
+        lake.training_stats_path(conf.lake.path("root"))), "v1")
+    main, tabular = plan.phases
+    assert (main.name, main.spec.mode, tabular.name, tabular.spec.mode) == ("main", "multimodal", "tabular",
+                                                                            "tabular")
+    # 320 train rows in 8 row groups -> 160 per shard -> 5 batches of 32; validation 80 rows -> 40 per shard.
+    assert (tabular.steps_per_epoch, tabular.train_shards, tabular.validation_steps) == (5, 2, 1)
+    # Image models only see rows with a cutout: the smaller shard decides.
+    path = lake.training_split_path(conf.lake.path("root"), "train")
+    with_image = min(input_pipeline.shard_row_counts(input_pipeline.list_row_groups(path), 2, with_image=True))
+    assert main.steps_per_epoch == with_image // 32 < 5
+    assert plan.checkpoint_dir.rstrip("/") == os.path.join(conf.lake.path("models"), "v1.checkpoints")
+    counts = stats["label_counts"]
+    assert plan.class_weight[2] == pytest.approx(sum(counts.values()) / (3 * counts["QSO"]))
+
+
+def test_a_batch_larger_than_a_shard_is_refused(conf_for, tmp_path):
+    conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", batch_size=200)
+    with pytest.raises(TrainingError, match="train.batch_size=200"):
+        train_model(None, conf)
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_training(conf_for, tmp_path):
+    conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", version="v1")
+    folder = tmp_path / "models" / "v1.checkpoints" / "main"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"epoch": 1, "records": [], "fingerprint": {"mode": "image"}}))
+    with pytest.raises(TrainingError, match="different main model"):
+        train_model(None, conf)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Horovod on Spark, 2 processes
+# ---------------------------------------------------------------------------------------------------------------
+
+def _validation_accuracy(package_path, lake_root, *, tabular: bool) -> tuple[float, int]:
+    """Accuracy of a packaged model on the validation split, computed here with pyarrow + features (not Petastorm)."""
+    from skyclass.features import decode_jpegs, standardise
+
+    pkg = ModelPackage.load(package_path)
+    frame = pq.read_table(lake.training_split_path(lake_root, "validation")).to_pandas()
+    model = pkg.load_tabular_model() if tabular else pkg.load_model()
+    inputs = {"features": standardise(frame, pkg.features, pkg.normalisation)}
+    labels = frame["label"].to_numpy()
+    if not tabular and pkg.mode != "tabular":
+        images, ok = decode_jpegs(list(frame["jpeg"]), pkg.image_size_px)
+        inputs = {"features": inputs["features"][ok], "image": images[ok]}
+        labels = labels[ok]
+    names = set(model.input_names)
+    proba = model.predict({k: v for k, v in inputs.items() if k in names}, verbose=0)
+    return float(np.mean(proba.argmax(axis=1) == labels)), len(labels)
+
+
+def test_multimodal_training_on_two_horovod_processes(spark, conf_for, tmp_path):
+    conf, stats = _tiny_conf(conf_for, tmp_path, mode="multimodal", epochs=3, version="mm-1")
+    result = train_model(spark, conf)
+
+    assert result.path == latest_package(conf.lake.path("models")) == os.path.join(conf.lake.path("models"), "mm-1")
+    pkg = ModelPackage.load(result.path)
+    meta = pkg.metadata
+    assert (pkg.mode, pkg.backbone, pkg.version, pkg.image_size_px) == ("multimodal", "small_cnn", "mm-1", 32)
+    assert pkg.features == lake.PHOTOMETRIC_FEATURES and pkg.classes == CLASSES
+    assert pkg.normalisation == {f: stats["features"][f] for f in lake.PHOTOMETRIC_FEATURES}
+    assert meta["lake_snapshot"]["rows"] == stats["rows"]
+    assert meta["lake_snapshot"]["stats_created_at"] == stats["created_at"]
+    assert meta["config"]["train"]["mode"] == "multimodal"
+    assert meta["code_version"].startswith("0.1.0")
+    assert sorted(os.listdir(result.path)) == ["curves.png", "metadata.json", "model.keras", "tabular.keras"]
+    # Both models learned: training loss fell over the 3 epochs.
+    for history in (meta["history"], meta["tabular_history"]):
+        assert len(history["loss"]) == 3 and len(history["val_loss"]) == 3
+        assert history["loss"][-1] < history["loss"][0]
+    assert result.epochs == 3 and result.initial_epoch == 0 and result.samples_per_s > 0
+    # Rank 0's validation numbers agree with an independent evaluation of the packaged models.
+    accuracy, objects = _validation_accuracy(result.path, conf.lake.path("root"), tabular=False)
+    assert meta["validation"]["objects"] == objects
+    assert result.validation_accuracy == pytest.approx(accuracy, abs=1e-6)
+    tabular_accuracy, _ = _validation_accuracy(result.path, conf.lake.path("root"), tabular=True)
+    assert result.tabular_validation_accuracy == pytest.approx(tabular_accuracy, abs=1e-6)
+    assert set(pkg.load_model().input_names) == {"features", "image"}
+    assert pkg.load_tabular_model().input_names == ["features"]
+    assert "validation: loss" in str(result) and "tabular fallback" in str(result)
+
+
+@pytest.mark.slow
+def test_tabular_training_with_the_paper_features(spark, conf_for, tmp_path):
+    conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", feature_set="paper", epochs=3, version="tab-1")
+    result = train_model(spark, conf)
+    pkg = ModelPackage.load(result.path)
+    assert pkg.features == lake.PAPER_FEATURES and pkg.features[-1] == "redshift"
+    with open(os.path.join(result.path, "model.keras"), "rb") as a, \
+            open(os.path.join(result.path, "tabular.keras"), "rb") as b:
+        assert a.read() == b.read()
+    assert pkg.metadata["history"]["loss"][-1] < pkg.metadata["history"]["loss"][0]
+    assert pkg.load_model().input_shape == (None, len(lake.PAPER_FEATURES))
+    assert "tabular fallback" not in str(result)
+
+
+@pytest.mark.slow
+def test_image_training(spark, conf_for, tmp_path):
+    conf, _ = _tiny_conf(conf_for, tmp_path, mode="image", epochs=3, version="img-1")
+    result = train_model(spark, conf)
+    pkg = ModelPackage.load(result.path)
+    assert pkg.load_model().input_names == ["image"]
+    assert pkg.metadata["history"]["loss"][-1] < pkg.metadata["history"]["loss"][0]
+    accuracy, _ = _validation_accuracy(result.path, conf.lake.path("root"), tabular=False)
+    assert result.validation_accuracy == pytest.approx(accuracy, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_with_the_same_version_resumes_from_its_checkpoint(spark, conf_for, tmp_path):
+    conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", epochs=2, version="resume-1")
+    first = train_model(spark, conf)
+    assert (first.epochs, first.initial_epoch) == (2, 0)
+
+    more = conf_for(train={**TINY_TRAIN, "mode": "tabular", "epochs": 4, "version": "resume-1"})
+    second = train_model(spark, more)
+    assert (second.epochs, second.initial_epoch) == (4, 2)
+    # Epochs 1-2 come from the checkpoint unchanged; only 3-4 were trained now.
+    assert second.history["loss"][:2] == first.history["loss"]
+    assert len(second.history["loss"]) == 4
+    meta = ModelPackage.load(second.path).metadata
+    assert meta["initial_epoch"] == 2 and [e["epoch"] for e in meta["epochs"]] == [1, 2, 3, 4]
+    assert sorted(os.listdir(tmp_path / "models")) == ["resume-1", "resume-1.checkpoints"]
