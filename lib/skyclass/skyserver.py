@@ -406,8 +406,8 @@ class SkyServerClient:
                     return response
                 body = response.text
                 if _SQL_ERROR_RE.search(body) and status != 429:
-                    raise SkyServerQueryError(f"SkyServer rejected the query (HTTP {status}): {_excerpt(body)} — "
-                                              f"query: {what}")
+                    raise SkyServerQueryError(f"SkyServer rejected the request (HTTP {status}): {_excerpt(body)} — "
+                                              f"{what}")
                 if status not in _RETRY_STATUSES:
                     raise SkyServerHTTPError(f"SkyServer answered HTTP {status} ({_excerpt(body, 200)}) for {what}; "
                                              f"check skyserver.url ({self.url})", status)

@@ -314,7 +314,7 @@ def _handler_class(server: StandinServer):
                 result = server.catalog.query(sql, server.row_cap)
             except StandinSQLError as err:
                 # SkyServer's web service answers a failing query with HTTP 500 and the SQL error as text.
-                self._send(SQLSEARCH, 500, f"ERROR: SQL error while executing the query: {err}\n\nQuery: {sql}")
+                self._send(SQLSEARCH, 500, f"ERROR: SQL error while executing the query: {err}")
                 return
             if result.truncated:
                 log.info("SqlSearch result truncated to the row cap (%d rows)", server.row_cap)
