@@ -1,0 +1,226 @@
+"""The evaluation stage: report rendering, the choice of comparisons, routing of rows without cutouts, and
+evaluate() end to end on a tiny lake with two tiny model packages."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skyclass.config import CLASSES
+from skyclass.evaluate import EvaluationError, best_baseline_comparisons, evaluate, predict_proba
+from skyclass.lake import PAPER_FEATURES, PHOTOMETRIC_FEATURES, SPLITS, TRAINING, training_split_path
+from skyclass.metrics import classification_metrics, metrics_from_confusion
+from skyclass.report import SIMULATED_BANNER, render_markdown
+from test_baselines import make_training_frame, to_spark
+
+BANNER_RGB = (0xCC, 0x00, 0x00)  # plots.SIMULATED_LABEL_COLOR
+
+
+def _entry(key, kind, feature_set, cm, simulated=False, title=None):
+    return {"key": key, "kind": kind, "title": title or key, "feature_set": feature_set, "simulated": simulated,
+            "mode": key.split("-")[0] if kind == "network" else None,
+            "metrics": metrics_from_confusion(np.array(cm), CLASSES)}
+
+
+def _report(results):
+    return {"title": "t", "headline": results[0]["key"], "class_names": list(CLASSES), "test_rows": 10,
+            "results": results, "comparisons": best_baseline_comparisons(results), "figures": [], "notes": []}
+
+
+def test_best_baseline_is_the_most_accurate_per_feature_set_and_only_where_networks_exist():
+    results = [
+        _entry("tabular-photometric", "network", "photometric", [[5, 0, 0], [0, 4, 1], [0, 0, 5]]),
+        _entry("gbt-photometric", "baseline", "photometric", [[5, 0, 0], [1, 3, 1], [0, 0, 5]]),       # 13/15
+        _entry("random_forest-photometric", "baseline", "photometric", [[5, 0, 0], [0, 4, 1], [0, 0, 5]]),  # 14/15
+        _entry("gbt-paper", "baseline", "paper", [[5, 0, 0], [0, 5, 0], [0, 0, 5]]),  # no network on paper
+    ]
+    comparisons = best_baseline_comparisons(results)
+    assert comparisons == [{"feature_set": "photometric", "best_baseline": "random_forest-photometric",
+                            "keys": ["tabular-photometric", "random_forest-photometric"],
+                            "title": "Feature set `photometric`: networks vs random_forest-photometric"}]
+
+
+def test_markdown_labels_simulated_results_and_says_the_class_mix_is_not_the_skys():
+    cm = [[8, 1, 1], [0, 9, 1], [1, 0, 9]]
+    real = [_entry("tabular-photometric", "network", "photometric", cm, title="Tabular network"),
+            _entry("gbt-photometric", "baseline", "photometric", cm, title="GBT")]
+    text = render_markdown(_report(real))
+    assert SIMULATED_BANNER not in text and "SIMULATED" not in text
+    assert "not the sky's" in text
+    # Headline confusion matrix, row by row as given.
+    assert "| GALAXY | 8 | 1 | 1 |" in text and "| QSO | 1 | 0 | 9 |" in text
+    # Accuracy 26/30, QSO recall 9/10 and precision 9/11.
+    assert "accuracy **0.8667**" in text
+    assert f"| QSO | {9 / 11:.4f} | 0.9000 |" in text
+
+    with_image = real + [_entry("multimodal-photometric", "network", "photometric", cm, simulated=True,
+                                title="Multimodal network")]
+    text = render_markdown(_report(with_image))
+    assert text.count(SIMULATED_BANNER) == 1
+    assert "| Multimodal network [photometric] (SIMULATED) |" in text
+    assert "| Tabular network [photometric] |" in text  # real results stay unlabelled
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    from skyclass.models import build_model
+
+    tabular = build_model("tabular", n_features=len(PHOTOMETRIC_FEATURES), tabular_units=(4,))
+    multimodal = build_model("multimodal", n_features=len(PHOTOMETRIC_FEATURES), image_size_px=64,
+                             tabular_units=(4,), fusion_units=(4,), cnn_filters=(2, 2))
+    return tabular, multimodal
+
+
+class _Package:
+    """The attributes of skyclass.package.ModelPackage that predict_proba reads."""
+
+    def __init__(self, mode, features, normalisation):
+        self.mode, self.features, self.normalisation = mode, tuple(features), normalisation
+        self.image_size_px, self.classes = 64, CLASSES
+
+
+def _jpeg(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_rows_without_a_usable_cutout_are_scored_by_the_tabular_model(tiny_models):
+    tabular, multimodal = tiny_models
+    frame = make_training_frame(6, seed=4)
+    frame["jpeg"] = [_jpeg(0), None, b"not a jpeg", _jpeg(1), b"", _jpeg(2)]
+    normalisation = {f: {"mean": float(frame[f].mean()), "std": 2.0} for f in PHOTOMETRIC_FEATURES}
+    package = _Package("multimodal", PHOTOMETRIC_FEATURES, normalisation)
+
+    proba, cutout_used = predict_proba(package, multimodal, tabular, frame)
+
+    np.testing.assert_array_equal(cutout_used, [True, False, False, True, False, True])
+    x = np.stack([(frame[f].to_numpy() - normalisation[f]["mean"]) / 2.0 for f in PHOTOMETRIC_FEATURES], 1)
+    expected_tabular = tabular.predict({"features": x.astype(np.float32)}, verbose=0)
+    np.testing.assert_allclose(proba[~cutout_used], expected_tabular[~cutout_used], rtol=1e-5, atol=1e-6)
+    images = np.stack([np.asarray(Image.open(io.BytesIO(frame["jpeg"][k])).convert("RGB"), np.float32) / 255
+                       for k in (0, 3, 5)])
+    expected_main = multimodal.predict({"features": x[cutout_used].astype(np.float32), "image": images}, verbose=0)
+    np.testing.assert_allclose(proba[cutout_used], expected_main, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_without_a_training_table_says_to_build_it(spark, conf_for, tiny_models, tmp_path):
+    from skyclass.package import PackageError
+
+    conf = conf_for()
+    with pytest.raises(PackageError, match="skyclass train"):
+        evaluate(spark, conf)
+    _write_package(conf, "v1", "tabular", "photometric", tiny_models[0], tiny_models[0], make_training_frame(50))
+    with pytest.raises(EvaluationError, match="skyclass table"):
+        evaluate(spark, conf)
+
+
+def _write_table(spark, conf, frame):
+    root = conf.lake.path("root")
+    for split in SPLITS:
+        part = frame[frame["split"] == split]
+        to_spark(spark, part).coalesce(1).write.parquet(training_split_path(root, split))
+
+
+def _write_package(conf, version, mode, feature_set, main_model, tabular_model, frame, history=None):
+    from skyclass.features import feature_names
+    from skyclass.package import keras_model_bytes, write_package
+
+    features = list(feature_names(feature_set))
+    train = frame[frame["split"] == "train"]
+    normalisation = {f: {"mean": float(train[f].mean()), "std": float(train[f].std())} for f in features}
+    metadata = {"mode": mode, "backbone": "small_cnn", "feature_set": feature_set, "features": features,
+                "classes": list(CLASSES), "normalisation": normalisation, "image_size_px": 64,
+                "config": conf.to_dict(), "history": history or {}, "tabular_history": history or {}}
+    return write_package(conf.lake.path("models"), version, model_keras=keras_model_bytes(main_model),
+                         tabular_keras=keras_model_bytes(tabular_model), metadata=metadata,
+                         simulated=mode != "tabular")
+
+
+def _banner_pixels(path) -> int:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        rgb = np.asarray(image.convert("RGB"))
+    return int(np.all(rgb == BANNER_RGB, axis=-1).sum())
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
+    import tensorflow as tf
+
+    from skyclass.models import build_model, compile_model
+
+    conf = conf_for(evaluate={"baselines": ["naive_bayes", "logistic_regression"]})
+    frame = make_training_frame(700, seed=5)
+    has_cutout = np.random.default_rng(5).random(len(frame)) < 0.5
+    frame["jpeg"] = [_jpeg(k) if has_cutout[k] else None for k in range(len(frame))]
+    _write_table(spark, conf, frame)
+
+    # Headline: a tabular network trained a little on the photometric features (the newest package).
+    tf.keras.utils.set_random_seed(0)
+    train = frame[frame["split"] == "train"]
+    stats = {f: (train[f].mean(), train[f].std()) for f in PHOTOMETRIC_FEATURES}
+
+    def x_of(part):
+        return np.stack([(part[f].to_numpy() - stats[f][0]) / stats[f][1] for f in PHOTOMETRIC_FEATURES],
+                        1).astype(np.float32)
+
+    tabular = compile_model(build_model("tabular", n_features=9, tabular_units=(16,)), "adam")
+    history = tabular.fit({"features": x_of(train)}, train["label"].to_numpy(), epochs=15, batch_size=32,
+                          verbose=0, validation_split=0.1).history
+    # Another (mode, feature set): an untrained multimodal package on the paper features, older version name.
+    multimodal = build_model("multimodal", n_features=10, tabular_units=(4,), fusion_units=(4,), cnn_filters=(2, 2))
+    paper_tabular = build_model("tabular", n_features=10, tabular_units=(4,))
+    other = _write_package(conf, "20240101-000000", "multimodal", "paper", multimodal, paper_tabular, frame, history)
+    headline = _write_package(conf, "20240202-000000", "tabular", "photometric", tabular, tabular, frame, history)
+
+    result = evaluate(spark, conf)
+
+    assert result.path == os.path.join(conf.lake.path("reports"), "20240202-000000")
+    with open(os.path.join(result.path, "report.json"), encoding="utf-8") as fh:
+        report = json.load(fh)
+    with open(os.path.join(result.path, "report.md"), encoding="utf-8") as fh:
+        markdown = fh.read()
+    by_key = {r["key"]: r for r in report["results"]}
+    assert report["headline"] == "tabular-photometric" and by_key["tabular-photometric"]["package"] == headline
+    assert by_key["multimodal-paper"]["package"] == other
+    assert sorted(by_key) == sorted(["tabular-photometric", "multimodal-paper", "naive_bayes-photometric",
+                                     "logistic_regression-photometric", "naive_bayes-paper",
+                                     "logistic_regression-paper"])
+
+    # The headline's metrics equal metrics of predictions made here, on the driver, from the collected test split.
+    test = frame[frame["split"] == "test"]
+    proba = tabular.predict({"features": x_of(test)}, verbose=0)
+    expected = classification_metrics(test["label"].to_numpy(), proba.argmax(1), proba, CLASSES)
+    got = by_key["tabular-photometric"]["metrics"]
+    assert got["confusion_matrix"] == expected["confusion_matrix"]
+    assert got["accuracy"] == pytest.approx(expected["accuracy"]) and got["accuracy"] > 0.9
+    for cls in CLASSES:
+        assert got["per_class"][cls]["roc_auc"] == pytest.approx(expected["per_class"][cls]["roc_auc"], abs=1e-6)
+    assert report["test_rows"] == len(test) == got["n"]
+    assert result.accuracy == got["accuracy"] and result.test_rows == len(test)
+
+    # Simulated labelling: the multimodal result, its figures and the Markdown; the tabular ones stay clean.
+    assert report["simulated_results"] == ["multimodal-paper"] and result.simulated
+    assert by_key["multimodal-paper"]["rows_without_cutout"] == int(test["jpeg"].isna().sum())
+    assert markdown.count(SIMULATED_BANNER) == 1 and "(SIMULATED)" in markdown
+    assert "not the sky's" in markdown
+    figures = {f["file"]: f for f in report["figures"]}
+    for name in ("confusion_tabular-photometric.png", "roc_tabular-photometric.png",
+                 "curves_tabular-photometric.png", "confusion_multimodal-paper.png", "roc_multimodal-paper.png",
+                 "curves_multimodal-paper_tabular.png", "per_class_f1_photometric.png", "per_class_f1_paper.png"):
+        assert name in figures, name
+        assert f"]({name})" in markdown
+    assert _banner_pixels(os.path.join(result.path, "confusion_multimodal-paper.png")) > 2000
+    assert figures["confusion_multimodal-paper.png"]["simulated"]
+    assert _banner_pixels(os.path.join(result.path, "confusion_tabular-photometric.png")) == 0
+    assert _banner_pixels(os.path.join(result.path, "curves_multimodal-paper_tabular.png")) == 0
+    best = report["comparisons"][0]["best_baseline"]
+    assert best in ("naive_bayes-paper", "logistic_regression-paper")
+    assert os.path.isfile(os.path.join(result.path, f"confusion_{best}.png"))
+    assert "SIMULATED" in str(result)
