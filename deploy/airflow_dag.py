@@ -1,0 +1,78 @@
+"""Airflow DAG for the skyclass nightly chain: one task per stage, each a spark-submit through deploy/submit-*.sh.
+
+Stages as separate tasks (rather than one ``run_nightly`` job) so Airflow retries the flaky network stages
+(extraction and cutout downloads from SkyServer) on their own and shows where a night failed. Every stage is
+idempotent, so a retry or a cleared task simply runs it again. The train task trains only when ``retrain`` is set
+(e.g. a weekly run, or triggered by hand with ``{"retrain": true}``) or when no model package exists yet; scoring
+writes the partition of the DAG run's logical date.
+
+Copy this file into the Airflow DAGs folder of a host that can spark-submit and has the checkout at
+``SKYCLASS_HOME`` (default /opt/skyclass). This module imports Airflow; the test suite never imports it.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow import DAG
+from airflow.operators.bash import BashOperator
+
+SKYCLASS_HOME = os.environ.get("SKYCLASS_HOME", "/opt/skyclass")
+# submit-yarn.sh, submit-k8s.sh, or submit-standalone.sh (with SPARK_MASTER_URL in the worker's environment).
+WRAPPER = os.environ.get("SKYCLASS_SUBMIT", "submit-yarn.sh")
+CONF = os.environ.get("SKYCLASS_CONF", f"{SKYCLASS_HOME}/conf/cluster.yaml")
+# Model packages live on a file system every executor can read (see deploy/README.md).
+MODELS_DIR = os.environ.get("SKYCLASS_MODELS", "/mnt/skyclass/models")
+
+
+def submit(job: str, *args: str, env: str = "") -> str:
+    """The bash command that submits one job with the configured wrapper."""
+    prefix = f"{env} " if env else ""
+    return (f"cd {SKYCLASS_HOME} && SKYCLASS_CONF={CONF} {prefix}deploy/{WRAPPER} {job} "
+            + " ".join(args))
+
+
+default_args = {
+    "owner": "skyclass",
+    "retries": 1,
+    "retry_delay": timedelta(minutes=10),
+    "execution_timeout": timedelta(hours=6),
+}
+
+with DAG(
+    dag_id="skyclass_nightly",
+    description="SDSS GALAXY/STAR/QSO classification: extract, cutouts, training table, train, score, evaluate",
+    schedule="30 2 * * *",
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # nights write the same lake tables: never two at once
+    default_args=default_args,
+    params={"retrain": False},
+    tags=["skyclass", "spark"],
+) as dag:
+    extract = BashOperator(task_id="extract", bash_command=submit("extract_catalog"),
+                           retries=3, retry_delay=timedelta(minutes=20))
+    extract_photometric = BashOperator(task_id="extract_photometric",
+                                       bash_command=submit("extract_catalog", "--photometric"),
+                                       retries=3, retry_delay=timedelta(minutes=20))
+    cutouts = BashOperator(task_id="cutouts", bash_command=submit("download_cutouts", "--catalog", "catalog"),
+                           retries=3, retry_delay=timedelta(minutes=20))
+    cutouts_photometric = BashOperator(task_id="cutouts_photometric",
+                                       bash_command=submit("download_cutouts", "--catalog", "photometric"),
+                                       retries=3, retry_delay=timedelta(minutes=20))
+    table = BashOperator(task_id="training_table", bash_command=submit("build_training_table"))
+    # Train on GPU executors when asked to, or when there is no package yet (the first night).
+    train = BashOperator(
+        task_id="train_if_needed",
+        bash_command=(
+            "if [ '{{ params.retrain }}' = 'True' ] || ! ls " + MODELS_DIR + "/*/metadata.json >/dev/null 2>&1; "
+            "then " + submit("train", env="GPU=train") + "; "
+            "else echo 'model package exists and retrain is false: not training'; fi"),
+        retries=0,  # a failed multi-hour training run is for a human to look at
+    )
+    score = BashOperator(task_id="score", bash_command=submit("score_catalog", "--run-date", "{{ ds }}"))
+    evaluate = BashOperator(task_id="evaluate", bash_command=submit("evaluate"))
+
+    extract >> cutouts >> table >> train
+    extract_photometric >> cutouts_photometric
+    [train, cutouts_photometric] >> score >> evaluate

@@ -1,0 +1,335 @@
+"""The nightly chain's orchestration, and the deploy/ wrappers in their DRY_RUN mode (the only part of deploy/ that
+can run on this machine: there is no cluster, Docker or Airflow here)."""
+from __future__ import annotations
+
+import ast
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from skyclass import pipeline
+from skyclass.errors import SkyclassError
+from skyclass.pipeline import PipelineError, run_nightly, stage_function
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+JOBS = sorted(p.stem for p in (ROOT / "jobs").glob("*.py"))
+
+# --------------------------------------------------------------------------------------------------------------
+# Orchestration, with stage functions from a small module written here (the real stages need SkyServer, Horovod
+# and minutes; their own tests cover them, and test_nightly_end_to_end below runs them all).
+
+FAKE_STAGES = textwrap.dedent('''
+    from skyclass.errors import SkyclassError
+
+    CALLS = []
+    FAIL = set()
+
+
+    class Result:
+        def __init__(self, name, path=None):
+            self.name, self.path = name, path
+
+        def __str__(self):
+            return f"{self.name} summary"
+
+
+    def _stage(name):
+        def run(spark, conf):
+            CALLS.append((name, conf))
+            if name in FAIL:
+                raise SkyclassError(f"{name} broke: do something about it")
+            return Result(name, path=conf.lake.path("models") + "/trained-v1" if name == "train" else None)
+        return run
+
+
+    extract_catalog = _stage("extract")
+    extract_photometric = _stage("extract_photometric")
+    download_cutouts = _stage("cutouts")
+    build_training_table = _stage("training_table")
+    train_model = _stage("train")
+    score_catalog = _stage("score")
+    evaluate = _stage("evaluate")
+''')
+
+
+@pytest.fixture
+def fake_stages(tmp_path, monkeypatch):
+    (tmp_path / "fake_stages_mod.py").write_text(FAKE_STAGES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("fake_stages_mod", None)
+    stages = {name: ("fake_stages_mod", function) for name, (_, function) in pipeline.STAGE_FUNCTIONS.items()}
+    monkeypatch.setattr(pipeline, "STAGE_FUNCTIONS", stages)
+    import fake_stages_mod
+
+    yield fake_stages_mod
+    sys.modules.pop("fake_stages_mod", None)
+
+
+def _write_package(models_dir: Path, version: str) -> str:
+    path = models_dir / version
+    path.mkdir(parents=True)
+    for name in ("model.keras", "tabular.keras", "metadata.json"):
+        (path / name).write_text("{}")
+    return str(path)
+
+
+def test_first_night_trains_and_scores_with_the_new_package(fake_stages, conf_for):
+    conf = conf_for()
+    result = run_nightly(None, conf)
+    names = [name for name, _ in fake_stages.CALLS]
+    assert names == ["extract", "cutouts", "cutouts", "training_table", "train", "score", "evaluate"]
+    # Cutouts for the training catalog and for the catalog being scored.
+    assert [c.cutouts.catalog for n, c in fake_stages.CALLS if n == "cutouts"] == ["catalog", "photometric"]
+    trained = os.path.join(conf.lake.path("models"), "trained-v1")
+    assert fake_stages.CALLS[5][1].score.model == trained
+    assert fake_stages.CALLS[6][1].evaluate.model == trained
+    assert result.trained and result.model_path == trained
+    assert result.stage("extract_photometric").skipped
+    assert "[train]" in str(result) and "train summary" in str(result)
+
+
+def test_existing_package_is_used_without_training(fake_stages, conf_for):
+    conf = conf_for(extract={"box_ra_deg": [230.1, 231.1], "box_dec_deg": [27.2, 28.2]},
+                    score={"catalog": "catalog"})
+    _write_package(Path(conf.lake.path("models")), "20240101-000000")
+    newest = _write_package(Path(conf.lake.path("models")), "20240201-000000")
+    result = run_nightly(None, conf)
+    names = [name for name, _ in fake_stages.CALLS]
+    assert names == ["extract", "extract_photometric", "cutouts", "training_table", "score", "evaluate"]
+    assert result.stage("train").skipped and not result.trained
+    assert fake_stages.CALLS[4][1].score.model == newest
+
+
+def test_retrain_trains_even_with_a_package(fake_stages, conf_for):
+    conf = conf_for()
+    _write_package(Path(conf.lake.path("models")), "old")
+    result = run_nightly(None, conf, retrain=True)
+    assert "train" in [name for name, _ in fake_stages.CALLS]
+    assert result.model_path.endswith("trained-v1")
+
+
+def test_a_failing_stage_stops_the_chain_and_is_named(fake_stages, conf_for):
+    fake_stages.FAIL.add("training_table")
+    with pytest.raises(PipelineError, match="stage 'training_table'.*training_table broke") as caught:
+        run_nightly(None, conf_for())
+    assert [name for name, _ in fake_stages.CALLS][-1] == "training_table"
+    assert [s.name for s in caught.value.stages] == ["extract", "extract_photometric", "cutouts (catalog)",
+                                                     "cutouts (photometric)"]
+    assert isinstance(caught.value, SkyclassError)
+
+
+def test_missing_stage_module_fails_with_a_clear_message(monkeypatch):
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "cutouts", ("skyclass.no_such_stage", "download_cutouts"))
+    with pytest.raises(PipelineError, match=r"stage 'cutouts' runs skyclass\.no_such_stage\.download_cutouts, "
+                                            r"but skyclass\.no_such_stage is not installed"):
+        stage_function("cutouts")
+
+
+def test_stage_module_with_a_missing_dependency_names_it(tmp_path, monkeypatch):
+    (tmp_path / "stage_needing_dep.py").write_text("import skyclass_missing_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "train", ("stage_needing_dep", "train_model"))
+    with pytest.raises(PipelineError, match="needs 'skyclass_missing_dependency_xyz'"):
+        stage_function("train")
+
+
+def test_stage_module_without_the_function(monkeypatch):
+    monkeypatch.setitem(pipeline.STAGE_FUNCTIONS, "score", ("skyclass.lake", "score_catalog"))
+    with pytest.raises(PipelineError, match="has no function score_catalog"):
+        stage_function("score")
+
+
+def test_real_stage_table_points_at_existing_functions():
+    """Every stage the chain runs is importable from this checkout (modules that are not written yet show here)."""
+    for stage in pipeline.STAGE_FUNCTIONS:
+        assert callable(stage_function(stage)), stage
+
+
+# --------------------------------------------------------------------------------------------------------------
+# deploy/ wrappers: DRY_RUN=1 prints the spark-submit command they would run.
+
+def _run(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("GPU", "SPARK_MASTER_URL", "SKYCLASS_CONF", "SPARK_SUBMIT", "SPARK_SUBMIT_ARGS",
+                                "SKYCLASS_VENV_ARCHIVE", "EXECUTOR_CORES")}
+    environment.update(env)
+    return subprocess.run(["bash", str(DEPLOY / script), *args], capture_output=True, text=True, env=environment,
+                          timeout=60)
+
+
+def _dry_run(script: str, *args: str, **env: str) -> list[str]:
+    done = _run(script, *args, DRY_RUN="1", **env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout
+    return shlex.split(lines[0])
+
+
+def _confs(argv: list[str]) -> dict[str, str]:
+    """--conf key=value pairs; a later one wins, as in spark-submit."""
+    out = {}
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--conf":
+            key, _, val = value.partition("=")
+            out[key] = val
+    return out
+
+
+def _option(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def _gpu_properties() -> dict[str, str]:
+    """deploy/spark-gpu.conf read as Spark reads a properties file (key, whitespace or '=', value)."""
+    props = {}
+    for line in (DEPLOY / "spark-gpu.conf").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            key, value = line.replace("=", " ", 1).split(None, 1)
+            props[key] = value.strip()
+    return props
+
+
+WRAPPERS = ["submit-yarn.sh", "submit-standalone.sh", "submit-k8s.sh"]
+
+
+@pytest.mark.parametrize("script", WRAPPERS + ["package-venv.sh"])
+def test_help(script):
+    done = _run(script, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage: deploy/" + script in done.stdout and "DRY_RUN=1" in done.stdout
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_yarn_dry_run_submits_every_job(job):
+    argv = _dry_run("submit-yarn.sh", job, "--set", "score.rescore=true")
+    assert argv[0] == "spark-submit"
+    assert _option(argv, "--master") == "yarn" and _option(argv, "--deploy-mode") == "cluster"
+    archive = _option(argv, "--archives")
+    assert archive.endswith("dist/skyclass-venv.tar.gz#environment")
+    confs = _confs(argv)
+    assert confs["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] == "./environment/bin/python"
+    assert confs["spark.pyspark.python"] == "./environment/bin/python"
+    assert Path(_option(argv, "--files")) == ROOT / "conf" / "cluster.yaml"
+    app = argv.index(str(ROOT / "jobs" / f"{job}.py"))
+    # The driver finds the config shipped by --files in its working directory.
+    assert argv[app + 1:] == ["--conf", "cluster.yaml", "--set", "score.rescore=true"]
+    assert "spark.executor.resource.gpu.amount" not in confs
+
+
+def test_gpu_settings_come_from_spark_gpu_conf():
+    props = _gpu_properties()
+    assert props["spark.executor.resource.gpu.amount"] == "1" and props["spark.task.resource.gpu.amount"] == "1"
+    assert props["spark.executor.resource.gpu.discoveryScript"].endswith("get-gpus.sh")
+    confs = _confs(_dry_run("submit-yarn.sh", "train", GPU="1"))
+    for key, value in props.items():
+        assert confs[key] == value, key
+    # One Horovod process per GPU: a task takes a whole GPU and all of the executor's cores.
+    assert confs["spark.task.cpus"] == confs["spark.executor.cores"] == props["spark.executor.cores"]
+
+
+def test_gpu_scoring_shares_each_gpu_among_the_cores():
+    confs = _confs(_dry_run("submit-yarn.sh", "score_catalog", GPU="score", EXECUTOR_CORES="4"))
+    assert confs["spark.executor.cores"] == "4" and confs["spark.task.cpus"] == "1"
+    assert float(confs["spark.task.resource.gpu.amount"]) == pytest.approx(0.25)
+
+
+def test_standalone_dry_run():
+    argv = _dry_run("submit-standalone.sh", "run_nightly", "--retrain", SPARK_MASTER_URL="spark://master:7077")
+    assert _option(argv, "--master") == "spark://master:7077" and _option(argv, "--deploy-mode") == "client"
+    confs = _confs(argv)
+    assert confs["spark.pyspark.python"] == "./environment/bin/python"
+    assert confs["spark.pyspark.driver.python"] == str(ROOT / ".venv" / "bin" / "python")
+    app = argv.index(str(ROOT / "jobs" / "run_nightly.py"))
+    assert argv[app + 1:] == ["--conf", str(ROOT / "conf" / "cluster.yaml"), "--retrain"]
+
+
+def test_standalone_needs_a_master_url():
+    done = _run("submit-standalone.sh", "score_catalog", DRY_RUN="1")
+    assert done.returncode == 2 and "SPARK_MASTER_URL" in done.stderr
+
+
+def test_k8s_dry_run_runs_the_job_from_the_image():
+    argv = _dry_run("submit-k8s.sh", "train", GPU="1", SKYCLASS_IMAGE="registry.example/skyclass:1")
+    assert _option(argv, "--master").startswith("k8s://") and _option(argv, "--deploy-mode") == "cluster"
+    confs = _confs(argv)
+    assert confs["spark.kubernetes.container.image"] == "registry.example/skyclass:1"
+    assert confs["spark.executor.resource.gpu.vendor"] == "nvidia.com"
+    app = argv.index("local:///opt/skyclass/jobs/train.py")
+    assert argv[app + 1:] == ["--conf", "/opt/skyclass/conf/cluster.yaml"]
+    assert "--archives" not in argv  # everything is in the image
+
+
+def test_extra_spark_submit_args_are_passed_through():
+    argv = _dry_run("submit-yarn.sh", "evaluate", SPARK_SUBMIT_ARGS="--conf spark.x=1 --num-executors 3")
+    assert _confs(argv)["spark.x"] == "1" and _option(argv, "--num-executors") == "3"
+    assert argv.index("--num-executors") < argv.index(str(ROOT / "jobs" / "evaluate.py"))
+
+
+def test_unknown_job_and_bad_gpu_value_are_refused():
+    done = _run("submit-yarn.sh", "train_everything", DRY_RUN="1")
+    assert done.returncode == 2 and "unknown job 'train_everything'" in done.stderr and "score_catalog" in done.stderr
+    done = _run("submit-yarn.sh", "train", DRY_RUN="1", GPU="lots")
+    assert done.returncode == 2 and "GPU must be" in done.stderr
+    done = _run("submit-yarn.sh")
+    assert done.returncode == 2 and "usage:" in done.stderr
+
+
+def test_without_dry_run_a_missing_spark_submit_is_reported():
+    done = _run("submit-yarn.sh", "score_catalog", SPARK_SUBMIT="/nonexistent/spark-submit",
+                SKYCLASS_VENV_ARCHIVE="hdfs:///apps/skyclass-venv.tar.gz")
+    assert done.returncode == 127 and "spark-submit not found" in done.stderr
+
+
+def test_without_dry_run_a_missing_venv_archive_is_reported(tmp_path):
+    done = _run("submit-yarn.sh", "score_catalog", SKYCLASS_VENV_ARCHIVE=str(tmp_path / "none.tar.gz"))
+    assert done.returncode == 2 and "deploy/package-venv.sh" in done.stderr
+
+
+def test_package_venv_dry_run_builds_horovod_with_gloo_and_packs(tmp_path):
+    out = tmp_path / "venv.tar.gz"
+    done = _run("package-venv.sh", DRY_RUN="1", OUT=str(out), BUILD_DIR=str(tmp_path / "build"))
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.strip().splitlines()]
+    horovod = next(c for c in commands if "horovod[spark]==0.28.1" in c)
+    assert "HOROVOD_WITH_GLOO=1" in horovod and "HOROVOD_WITH_TENSORFLOW=1" in horovod
+    assert "--no-build-isolation" in horovod
+    assert commands[-1][0].endswith("venv-pack") and commands[-1][commands[-1].index("--output") + 1] == str(out)
+    assert any("wheel" in c and str(ROOT) in c for c in commands)
+    assert not out.exists() and not (tmp_path / "build").exists()  # a dry run writes nothing
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Schedules: checked as text and syntax only (cron and Airflow are not installed here).
+
+def test_crontab_lines_call_existing_wrappers_and_jobs():
+    entries = [line for line in (DEPLOY / "crontab").read_text().splitlines()
+               if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
+    assert entries
+    for line in entries:
+        fields = line.split(None, 6)
+        minute, hour, dom, month, dow, user, command = fields
+        assert minute.isdigit() and hour.isdigit() and user
+        words = shlex.split(command.replace("\\%", "%"))
+        wrapper = next(w for w in words if w.startswith("deploy/submit-"))
+        assert (ROOT / wrapper).is_file()
+        assert words[words.index(wrapper) + 1] in JOBS
+        assert "%" not in command.replace("\\%", ""), "unescaped % ends a cron command"
+
+
+def test_airflow_dag_compiles_and_submits_existing_jobs():
+    source = (DEPLOY / "airflow_dag.py").read_text()
+    tree = ast.parse(source)
+    compile(tree, str(DEPLOY / "airflow_dag.py"), "exec")  # syntax only: importing it needs Airflow
+    jobs = [node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "submit"
+            and node.args and isinstance(node.args[0], ast.Constant)]
+    assert {"extract_catalog", "download_cutouts", "build_training_table", "train", "score_catalog",
+            "evaluate"} <= set(jobs)
+    assert set(jobs) <= set(JOBS)
