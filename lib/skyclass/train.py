@@ -151,6 +151,11 @@ def train_model(spark, conf: Config) -> TrainResult:
     except ImportError as err:
         raise TrainingError(f"Horovod is not installed in this environment ({err}); run `make setup`, which builds "
                             "it with TensorFlow and Gloo") from None
+    slots = spark.sparkContext.defaultParallelism
+    if slots < tc.num_proc:
+        # horovod.spark.run needs all its tasks running at once; with fewer slots it waits for its start timeout.
+        log.warning("Spark offers %d task slots but train.num_proc=%d: Horovod will wait for more executors (lower "
+                    "train.num_proc or add executors)", slots, tc.num_proc)
     log.info("training %s model %s on %d Horovod processes: %s", tc.mode, version, tc.num_proc,
              ", ".join(f"{p.name} {p.steps_per_epoch} steps/epoch x {tc.epochs} epochs" for p in plan.phases))
     try:
