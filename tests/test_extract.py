@@ -14,8 +14,8 @@ from catalog_fixture import make_labelled, make_photometric, write_csv
 from skyclass import lake
 from skyclass.config import ConfigError
 from skyclass.extract import (ExtractError, IdRange, catalog_page_sql, catalog_plan, extract_catalog,
-                              extract_photometric, fetch_catalog_range, frame_to_arrow, photo_columns, plan_id_ranges,
-                              plan_ra_strips, raw_schema, write_range)
+                              extract_photometric, fetch_catalog_range, frame_to_arrow, photo_columns, plan_balanced_ranges,
+                              plan_id_ranges, plan_ra_strips, raw_schema, write_range)
 from skyclass.features import MAG_MAX, MAG_MIN
 from skyclass.skyserver import SkyServerClient
 from skyclass.standin.server import Faults
@@ -81,6 +81,32 @@ def test_plan_ra_strips():
     assert [s.last for s in strips] == [False, False, False, True]
 
 
+def test_balanced_ranges_split_by_row_counts():
+    # Buckets of width 10: 0..9 holds 90 rows, 10..19 holds 5, 90..99 holds 5.
+    ranges = plan_balanced_ranges(0, 99, 4, [(0, 90), (1, 5), (9, 5)], 10)
+    assert [(r.after, r.end) for r in ranges] == [(-1, 9), (9, 99)]  # one bucket outweighs 3/4 of the rows
+    ranges = plan_balanced_ranges(0, 99, 2, [(0, 50), (5, 25), (9, 25)], 10)
+    assert [(r.after, r.end) for r in ranges] == [(-1, 9), (9, 99)]
+    ranges = plan_balanced_ranges(5, 99, 3, [(0, 30), (5, 30), (9, 30)], 10)
+    assert [(r.after, r.end) for r in ranges] == [(4, 9), (9, 59), (59, 99)]
+    assert plan_balanced_ranges(0, 99, 3, [], 10) == plan_id_ranges(0, 99, 3)
+
+
+def test_catalog_plan_balances_skewed_ids_with_one_histogram_query(conf_for, standin_factory):
+    source = make_labelled(1000, seed=21)
+    # Like real specObjIDs: 80 % of the rows packed into the lowest 1 % of the id space.
+    ids = [2**60 + k * 2**46 for k in range(800)] + [2**63 + k * 2**52 for k in range(200)]
+    source["specobjid"] = pd.Series(ids, dtype=object)
+    server = standin_factory([source])
+    conf = _conf(conf_for, server, source, tasks=4)
+    plan = catalog_plan(conf)
+    assert plan.probe_requests == 1 == server.stats()["sqlsearch"]["requests"]
+    sizes = [sum(r.after < i <= r.end for i in ids) for r in plan.ranges]
+    assert sum(sizes) == 1000 and max(sizes) <= 400, sizes
+    uniform = [sum(r.after < i <= r.end for i in ids) for r in plan_id_ranges(min(ids), max(ids), 4)]
+    assert max(uniform) >= 800  # what equal-width ranges would do
+
+
 def test_catalog_page_sql():
     sql = catalog_page_sql(2**63 - 1, 2**63 + 10, 100, ["ra", "dec", "u"])
     assert sql.startswith("SELECT TOP 100")
@@ -128,7 +154,8 @@ def test_extract_catalog_parallel_pages_one_to_one(spark, conf_for, standin_fact
     got = _compare_one_to_one(spark, conf.lake.table("catalog"), source)
     assert max(got["specobjid"]) > 2**63
     assert result.rows_written == 3000 and result.ranges == 3 and result.splits > 0
-    assert result.pages == server.stats()["sqlsearch"]["requests"]
+    # One histogram query plans the ranges, then one request per page (no faults here).
+    assert result.requests == result.pages + 1 == server.stats()["sqlsearch"]["requests"]
     assert result.class_counts == source["class"].value_counts().to_dict()
     quality = pd.Series(_expected_quality(source)).value_counts().to_dict()
     assert result.flagged == {k: v for k, v in quality.items() if k != "ok"}
@@ -162,7 +189,7 @@ def test_extract_catalog_survives_timeouts_5xx_and_429(spark, conf_for, standin_
 
 def test_sql_error_names_the_query(spark, conf_for, standin):
     conf = conf_for(skyserver={"url": standin.url, "max_queries_per_s": 500},
-                    extract={"photo_columns": ["ra", "dec", "petroRad_r"], "tasks": 2})
+                    extract={"photo_columns": ["ra", "dec", "petroRad_r"], "tasks": 2, "balance_ranges": False})
     with pytest.raises(ExtractError, match=r"(?i)no such column: p.petroRad_r.*query: SELECT TOP \d+ p.objID"):
         extract_catalog(spark, conf)
     assert standin.stats()["sqlsearch"]["requests"] == 2  # one per range, no retries of a bad query
@@ -193,7 +220,7 @@ def test_resume_skips_completed_ranges(spark, conf_for, standin_factory):
 def test_failed_ranges_keep_completed_ones_and_say_how_to_resume(spark, conf_for, standin_factory):
     source = make_labelled(300, seed=14)
     server = standin_factory([source], faults=Faults(error_rate=1.0))
-    conf = _conf(conf_for, server, source, skyserver={"retries": 0}, tasks=2)
+    conf = _conf(conf_for, server, source, skyserver={"retries": 0}, tasks=2, balance_ranges=False)
     with pytest.raises(ExtractError, match="2 of 2 catalog ranges failed.*HTTP 50.*rerunning the same command resumes"):
         extract_catalog(spark, conf)
 

@@ -87,10 +87,11 @@ class ExtractResult:
     flagged: dict = field(default_factory=dict)  # reason -> rows kept with that quality value
     dropped: dict = field(default_factory=dict)  # reason -> rows removed
     pages: int = 0  # pages fetched by this run (resumed ranges excluded)
-    requests: int = 0  # HTTP attempts of this run, retries included
+    requests: int = 0  # HTTP attempts of this run, retries and the planning (histogram) query included
     ranges: int = 0
     ranges_resumed: int = 0
     splits: int = 0  # truncated pages whose range was halved
+    fetch_s: float = 0.0  # wall time of the parallel fetch (the rest is assembling and writing the table)
     elapsed_s: float = 0.0
 
     @property
@@ -103,7 +104,8 @@ class ExtractResult:
         if self.ranges:
             lines.append(f"  {self.pages:,} pages ({self.requests:,} requests, {self.splits} truncated-page splits) "
                          f"in {self.ranges} ranges, {self.ranges_resumed} resumed from an earlier run")
-        lines.append(f"  {self.elapsed_s:.1f} s, {self.rows_per_s:,.0f} rows/s")
+        lines.append(f"  {self.elapsed_s:.1f} s, {self.rows_per_s:,.0f} rows/s"
+                     + (f" (fetching {self.fetch_s:.1f} s)" if self.ranges else ""))
         if self.class_counts:
             lines.append("  classes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.class_counts.items())))
         for label, counts in (("flagged (kept)", self.flagged), ("dropped", self.dropped)):
@@ -157,6 +159,49 @@ def plan_id_ranges(min_id: int, max_id: int, parts: int) -> list[IdRange]:
     parts = min(parts, width)
     edges = [min_id - 1 + (width * k) // parts for k in range(parts + 1)]
     return [IdRange(k, edges[k], edges[k + 1]) for k in range(parts)]
+
+
+HISTOGRAM_BUCKETS = 4096
+
+
+def histogram_sql(min_id: int, max_id: int, buckets: int = HISTOGRAM_BUCKETS) -> tuple[str, int]:
+    """(SQL of the specObjID histogram over [min_id, max_id], bucket width)."""
+    width = max(1, -(-(max_id - min_id + 1) // buckets))
+    return render_sql("specobjid_histogram", bucket_width=sql_int(width, minimum=1),
+                      min_specobjid=sql_int(min_id, minimum=0, maximum=UINT64_MAX),
+                      max_specobjid=sql_int(max_id, minimum=0, maximum=UINT64_MAX)), width
+
+
+def plan_balanced_ranges(min_id: int, max_id: int, parts: int, bucket_counts: Sequence[tuple[int, int]],
+                         bucket_width: int) -> list[IdRange]:
+    """Split [min_id, max_id] into at most ``parts`` ranges holding about equal numbers of rows.
+
+    Parameters
+    ----------
+    bucket_counts : sequence of (bucket, rows)
+        Rows per bucket, bucket k covering ids ``k*bucket_width .. (k+1)*bucket_width - 1`` (the histogram query).
+    bucket_width : int
+
+    Returns
+    -------
+    list of IdRange
+        Contiguous, covering [min_id, max_id] exactly; boundaries fall on bucket ends, so a bucket holding more
+        than 1/parts of the rows gives fewer ranges. Equal-width ranges when the histogram is empty.
+    """
+    counts = sorted((int(b), int(n)) for b, n in bucket_counts if int(n) > 0)
+    total = sum(n for _, n in counts)
+    if total == 0 or parts == 1:
+        return plan_id_ranges(min_id, max_id, parts)
+    ends, cumulative, j = [], 0, 1
+    for bucket, n in counts:
+        cumulative += n
+        while j < parts and cumulative >= total * j / parts:
+            end = min(max_id, (bucket + 1) * bucket_width - 1)
+            if end < max_id and (not ends or end > ends[-1]):
+                ends.append(end)
+            j += 1
+    edges = [min_id - 1, *ends, max_id]
+    return [IdRange(k, edges[k], edges[k + 1]) for k in range(len(edges) - 1)]
 
 
 def plan_ra_strips(box_ra_deg: Sequence[float], box_dec_deg: Sequence[float], parts: int) -> list[RaStrip]:
@@ -431,21 +476,38 @@ class ExtractionPlan:
     ranges: tuple
     plan_id: str
     folder: str
+    probe_requests: int = 0  # SkyServer requests made to plan (the histogram query)
 
 
 def catalog_plan(conf) -> ExtractionPlan:
-    """The specObjID ranges of a labelled extraction and their staging folder (no I/O).
+    """The specObjID ranges of a labelled extraction and their staging folder.
+
+    With ``extract.balance_ranges`` (and more than one task) one histogram query to SkyServer gives ranges of about
+    equal row counts; otherwise the ranges have equal widths and nothing is fetched.
 
     Raises
     ------
     ExtractError
         A bad ``extract.photo_columns`` entry.
+    SkyServerError
+        The histogram query failed.
     """
     columns, _ = photo_columns(conf)
-    ranges = plan_id_ranges(conf.extract.min_specobjid, conf.extract.max_specobjid, conf.extract.tasks)
+    lo, hi, tasks = conf.extract.min_specobjid, conf.extract.max_specobjid, conf.extract.tasks
+    probes = 0
+    if conf.extract.balance_ranges and tasks > 1:
+        sql, width = histogram_sql(lo, hi)
+        with SkyServerClient.from_config(conf.skyserver) as client:
+            histogram = client.sql(sql, what="specObjID histogram (extract.balance_ranges) query: " + sql)
+            probes = client.requests_sent
+        pairs = zip(_column(histogram, "bucket"), _column(histogram, "n")) if len(histogram) else []
+        ranges = plan_balanced_ranges(lo, hi, tasks, list(pairs), width)
+        log.info("catalog: %d ranges of about equal row counts from the specObjID histogram", len(ranges))
+    else:
+        ranges = plan_id_ranges(lo, hi, tasks)
     plan_id = _plan_id(table="catalog", url=conf.skyserver.url, template=sql_template("catalog_page"),
                        columns=columns, ranges=[(r.after, r.end) for r in ranges])
-    return ExtractionPlan("catalog", tuple(ranges), plan_id, f"{staging_root(conf, 'catalog')}/{plan_id}")
+    return ExtractionPlan("catalog", tuple(ranges), plan_id, f"{staging_root(conf, 'catalog')}/{plan_id}", probes)
 
 
 def photometric_plan(conf) -> ExtractionPlan:
@@ -561,7 +623,7 @@ def _fetch_ranges(spark, conf, plan: ExtractionPlan,
     if done:
         log.info("%s: resuming plan %s: %d of %d ranges already fetched", table, plan_id, len(done), len(ranges))
     result = ExtractResult(table, conf.lake.table(table), f"SkyServer {conf.skyserver.url}", 0, ranges=len(ranges),
-                           ranges_resumed=len(done))
+                           ranges_resumed=len(done), requests=plan.probe_requests)
     if pending:
         # The politeness limit is for the whole job: each concurrently running task gets its share.
         per_task_rate = conf.skyserver.max_queries_per_s / max(1, min(conf.extract.tasks, len(pending)))
@@ -582,7 +644,9 @@ def _fetch_ranges(spark, conf, plan: ExtractionPlan,
                     else:
                         yield asdict(stats)
 
+        fetch_started = time.monotonic()
         outcomes = spark.sparkContext.parallelize(pending, len(pending)).mapPartitions(run_partition).collect()
+        result.fetch_s = time.monotonic() - fetch_started
         failures = [o for o in outcomes if "error" in o]
         for outcome in outcomes:
             if "error" not in outcome:

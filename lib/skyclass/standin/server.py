@@ -14,6 +14,8 @@ Endpoints (``<release>`` is e.g. ``dr17``; paths are case-insensitive like SkySe
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import logging
 import math
@@ -394,21 +396,14 @@ def _json_value(value):
     return value
 
 
-def _csv_value(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    text = str(value)
-    if any(ch in text for ch in ',"\n\r'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
 def _csv_body(columns: Sequence[str], rows: Sequence[tuple]) -> str:
-    lines = ["#Table1", ",".join(columns)]
-    lines.extend(",".join(_csv_value(v) for v in row) for row in rows)
-    return "\n".join(lines) + "\n"
+    # csv.writer writes floats with repr (exact round trip), None as an empty field, and quotes only when needed.
+    buffer = io.StringIO()
+    buffer.write("#Table1\n")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 # --- command line ---------------------------------------------------------------------------------------------------

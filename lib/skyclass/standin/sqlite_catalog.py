@@ -35,7 +35,6 @@ _SPEC_COLUMNS = {  # lower-case CSV name -> SpecObj column
     "specobjid": "specObjID", "class": "class", "redshift": "z", "zwarning": "zWarning",
     "plate": "plate", "mjd": "mjd", "fiberid": "fiberID",
 }
-_PHOTO_BASE = ("objID", "ra", "dec", "u", "g", "r", "i", "z")
 _SDSS_CLASSES = ("GALAXY", "STAR", "QSO")
 
 
@@ -261,7 +260,23 @@ class SqliteCatalog:
             columns = [d[0] for d in cursor.description or ()]
             cursor.close()
         truncated = len(rows) > row_cap
-        return QueryResult(columns, [tuple(unpad_value(v) for v in row) for row in rows[:row_cap]], truncated)
+        rows = rows[:row_cap]
+        padded = _padded_columns(rows, len(columns))
+        if padded:
+            rows = [tuple(unpad_value(v) if j in padded else v for j, v in enumerate(row)) for row in rows]
+        return QueryResult(columns, rows, truncated)
+
+
+def _padded_columns(rows: Sequence[tuple], n_columns: int) -> set[int]:
+    """Indices of columns holding padded specObjIDs (judged by their first non-NULL value)."""
+    found = set()
+    for j in range(n_columns):
+        for row in rows:
+            if row[j] is not None:
+                if unpad_value(row[j]) is not row[j]:
+                    found.add(j)
+                break
+    return found
 
 
 def _split_tables(frames: Iterable[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
