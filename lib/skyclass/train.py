@@ -385,7 +385,7 @@ def _configure_worker_logging(rank: int) -> None:
 def _train_phase(plan: TrainPlan, phase: PhasePlan, tf, hvd, hvd_tf) -> Optional[dict]:
     from skyclass.models import build_model, compile_model
 
-    rank, size = hvd.rank(), hvd.size()
+    rank = hvd.rank()
     checkpoint = _Checkpoint(os.path.join(plan.checkpoint_dir, phase.name), tf)
     # Only rank 0 touches the checkpoint folder (it alone writes it; others may not even see it on a cluster).
     state = checkpoint.load_state() if rank == 0 else None
@@ -450,7 +450,7 @@ def _fit(plan: TrainPlan, phase: PhasePlan, model, records: list, initial_epoch:
     if plan.warmup_epochs > 0:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=scaled_lr, warmup_epochs=plan.warmup_epochs, steps_per_epoch=phase.steps_per_epoch))
-    callbacks.append(_EpochEnd(phase, records, checkpoint if rank == 0 else None, plan.epochs))
+    callbacks.append(_epoch_end_callback(phase, records, checkpoint if rank == 0 else None, plan.epochs))
     callbacks.append(early_stopping)
 
     shuffle_buffer = 2 * plan.batch_size
@@ -491,34 +491,34 @@ def _evaluate_rank0(plan: TrainPlan, phase: PhasePlan, model) -> dict:
     return {"loss": loss_sum / objects, "accuracy": correct / objects, "objects": objects}
 
 
-class _EpochEnd:
-    """Rank-0 bookkeeping after each epoch: metrics record, progress line, checkpoint. Built lazily as a Keras
-    callback (TensorFlow is imported only inside the Horovod process)."""
+def _epoch_end_callback(phase: PhasePlan, records: list, checkpoint: Optional["_Checkpoint"], epochs: int):
+    """Keras callback for the bookkeeping after each epoch: metrics record (every rank), progress line and
+    checkpoint (rank 0, which alone gets a ``checkpoint``). Defined here because TensorFlow is imported only inside
+    the Horovod process."""
+    import tensorflow as tf
 
-    def __new__(cls, phase: PhasePlan, records: list, checkpoint: Optional["_Checkpoint"], epochs: int):
-        import tensorflow as tf
+    class EpochEnd(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.perf_counter()
+            self.validation_started = None
 
-        class EpochEnd(tf.keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.started = time.perf_counter()
-                self.validation_started = None
+        def on_test_begin(self, logs=None):
+            if self.validation_started is None:
+                self.validation_started = time.perf_counter()
 
-            def on_test_begin(self, logs=None):
-                if self.validation_started is None:
-                    self.validation_started = time.perf_counter()
+        def on_epoch_end(self, epoch, logs=None):
+            # Training time only: validation is not part of the training throughput.
+            train_seconds = (self.validation_started or time.perf_counter()) - self.started
+            record = {k: float(v) for k, v in (logs or {}).items()}
+            record.update(epoch=epoch + 1, train_seconds=train_seconds,
+                          samples_per_s=phase.rows_per_epoch / train_seconds if train_seconds > 0 else 0.0)
+            records.append(record)
+            if checkpoint is not None:
+                log.info("%s epoch %d/%d: %s", phase.name, epoch + 1, epochs, _format_record(record))
+                checkpoint.save(self.model, {"epoch": epoch + 1, "records": records, "stopped_early": False,
+                                             "fingerprint": dict(phase.fingerprint)})
 
-            def on_epoch_end(self, epoch, logs=None):
-                train_seconds = (self.validation_started or time.perf_counter()) - self.started
-                record = {k: float(v) for k, v in (logs or {}).items()}
-                record.update(epoch=epoch + 1, train_seconds=train_seconds,
-                              samples_per_s=phase.rows_per_epoch / train_seconds if train_seconds > 0 else 0.0)
-                records.append(record)
-                if checkpoint is not None:
-                    log.info("%s epoch %d/%d: %s", phase.name, epoch + 1, epochs, _format_record(record))
-                    checkpoint.save(self.model, {"epoch": epoch + 1, "records": records, "stopped_early": False,
-                                                 "fingerprint": dict(phase.fingerprint)})
-
-        return EpochEnd()
+    return EpochEnd()
 
 
 class _Checkpoint:
