@@ -167,7 +167,7 @@ def _overrides_from_flags(args) -> list[str]:
 def configure_logging() -> None:
     logging.basicConfig(level=os.environ.get("SKYCLASS_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("py4j", "urllib3", "matplotlib", "PIL"):
+    for noisy in ("py4j", "py4j.clientserver", "urllib3", "matplotlib", "PIL", "horovod", "petastorm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
