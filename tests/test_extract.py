@@ -16,7 +16,6 @@ from skyclass.config import ConfigError
 from skyclass.extract import (ExtractError, IdRange, catalog_page_sql, catalog_plan, extract_catalog,
                               extract_photometric, fetch_catalog_range, frame_to_arrow, photo_columns, plan_balanced_ranges,
                               plan_id_ranges, plan_ra_strips, raw_schema, write_range)
-from skyclass.features import MAG_MAX, MAG_MIN
 from skyclass.skyserver import SkyServerClient
 from skyclass.standin.server import Faults
 
@@ -42,8 +41,8 @@ def tmp_lake_root(conf):
 
 
 def _expected_quality(frame):
-    mags = frame[list(lake.MAGNITUDES)].to_numpy(dtype=float)
-    photometry_ok = (np.isfinite(mags) & (mags > MAG_MIN) & (mags < MAG_MAX)).all(axis=1)
+    # The fixtures' only bad magnitudes are the -9999 sentinel; everything else lies between 10 and 30.
+    photometry_ok = ~(frame[list(lake.MAGNITUDES)].to_numpy(dtype=float) == -9999.0).any(axis=1)
     zwarning = frame["zwarning"].to_numpy() if "zwarning" in frame else np.zeros(len(frame))
     return np.where(zwarning != 0, "zwarning", np.where(photometry_ok, "ok", "bad_photometry"))
 
@@ -165,6 +164,7 @@ def test_extract_catalog_parallel_pages_one_to_one(spark, conf_for, standin_fact
     assert [f.name for f in schema] == lake.CATALOG.names
 
 
+@pytest.mark.slow
 def test_extract_catalog_survives_timeouts_5xx_and_429(spark, conf_for, standin_factory):
     source = make_labelled(1200, seed=12)
     server = standin_factory([source])

@@ -157,3 +157,16 @@ def test_load_error_names_the_file(tmp_path):
     path = write_csv(frame, tmp_path / "floaty.csv")
     with pytest.raises(StandinError, match="floaty.csv.*specobjid"):
         StandinServer([path])
+
+
+def test_cli_missing_catalog_says_where_the_data_is_expected(tmp_path, capsys):
+    import argparse
+
+    from skyclass.standin.server import add_cli_arguments, run_from_args
+
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args(["--catalog", str(tmp_path / "missing.csv"), "--port", "0"])
+    assert run_from_args(args) == 2
+    err = capsys.readouterr().err
+    assert "missing.csv does not exist" in err and "../shared/data/sdss" in err and "--catalog" in err

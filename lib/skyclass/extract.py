@@ -43,7 +43,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -766,14 +766,7 @@ def read_export_csv(spark, path: str, table: str, extra: Sequence[str]):
     text = (spark.read.option("header", True).option("comment", "#")
             .schema(T.StructType([T.StructField(n, T.StringType()) for n in positional])).csv(path))
     column = lambda name: F.trim(F.col(positional[mapped[name]]))  # noqa: E731
-    id_checks = {"objid": r"^-?[0-9]+$"} | ({"specobjid": r"^[0-9]+$"} if table == "catalog" else {})
-    for name, pattern in id_checks.items():
-        bad = text.filter(~column(name).rlike(pattern) | column(name).isNull()).select(column(name).alias("v"))
-        example = bad.limit(1).collect()
-        if example:
-            raise ExtractError(f"--from-csv {path}: {name} value {example[0]['v']!r} is not an integer written in "
-                               f"full ({bad.count()} such rows); ids must never pass through float — re-export "
-                               "the file with ids as integers or text")
+    id_patterns = {"objid": r"^-?[0-9]+$"} | ({"specobjid": r"^[0-9]+$"} if table == "catalog" else {})
     schema = raw_schema(table, extra)
     selected = []
     for f in schema:
@@ -784,17 +777,28 @@ def read_export_csv(spark, path: str, table: str, extra: Sequence[str]):
             selected.append(F.upper(column("class")).alias("class"))
         else:
             selected.append(F.when(column(f.name) != "", column(f.name)).cast(spark_type).alias(f.name))
-    frame = text.select(*selected)
-    if table == "catalog":
-        unknown = frame.filter(~F.col("class").isin(*CLASSES)).groupBy("class").count().limit(5).collect()
-        if unknown:
-            raise ExtractError(f"--from-csv {path}: unknown class values "
-                               f"{', '.join(f'{r[0]!r} ({r[1]} rows)' for r in unknown)}; expected "
-                               f"{', '.join(CLASSES)}")
+    bad_id = {name: ~F.coalesce(column(name).rlike(pattern), F.lit(False)) for name, pattern in id_patterns.items()}
     key = "specobjid" if table == "catalog" else "objid"
-    before = frame.count()
-    frame = frame.dropDuplicates([key])
-    duplicates = before - frame.count()
+    checks = [F.count(F.lit(1)).alias("rows"), F.countDistinct(column(key)).alias("distinct_keys"),
+              *[F.sum(bad.cast("int")).alias(f"bad_{name}") for name, bad in bad_id.items()]]
+    if table == "catalog":
+        checks.append(F.sum((~F.upper(column("class")).isin(*CLASSES)).cast("int")).alias("bad_class"))
+    # One pass over the file for every check; examples are looked up only when something is wrong.
+    summary = text.agg(*checks).collect()[0]
+    for name, bad in bad_id.items():
+        if summary[f"bad_{name}"]:
+            example = text.filter(bad).select(column(name).alias("v")).limit(1).collect()[0]["v"]
+            raise ExtractError(f"--from-csv {path}: {name} value {example!r} is not an integer written in full "
+                               f"({summary[f'bad_{name}']} such rows); ids must never pass through float — "
+                               "re-export the file with ids as integers or text")
+    if table == "catalog" and summary["bad_class"]:
+        unknown = (text.select(F.upper(column("class")).alias("class")).filter(~F.col("class").isin(*CLASSES))
+                   .groupBy("class").count().limit(5).collect())
+        raise ExtractError(f"--from-csv {path}: unknown class values "
+                           f"{', '.join(f'{r[0]!r} ({r[1]} rows)' for r in unknown)}; expected {', '.join(CLASSES)}")
+    frame = text.select(*selected)
+    duplicates = summary["rows"] - summary["distinct_keys"]
     if duplicates:
         log.warning("--from-csv %s: %d rows repeat a %s and were dropped", path, duplicates, key)
+        frame = frame.dropDuplicates([key])
     return frame, duplicates
