@@ -335,6 +335,7 @@ class SkyServerClient:
             self._session.mount("http://", adapter)
             self._session.mount("https://", adapter)
         self.requests_sent = 0  # attempts, including retries
+        self._count_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, conf, max_requests_per_s: float | None = None, **overrides) -> "SkyServerClient":
@@ -392,7 +393,8 @@ class SkyServerClient:
         last_problem = ""
         for attempt in range(attempts):
             self._limiter.wait()
-            self.requests_sent += 1
+            with self._count_lock:  # the client may serve a thread pool (cutout downloads)
+                self.requests_sent += 1
             retry_after = None
             try:
                 response = self._session.get(url, params=params, timeout=self.timeout_s)
