@@ -227,16 +227,14 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
                      "them)", without_cutout)
 
     rows = training_rows(usable, cutouts, conf.split)
-    counts = rows.groupBy("split", "class").agg(F.count(F.lit(1)).alias("n"),
-                                                F.sum(F.length("jpeg")).alias("jpeg_bytes")).collect()
+    # Counting needs no JPEG bytes: Parquet reads only the columns a query uses.
+    counts = rows.select("split", "class").groupBy("split", "class").count().collect()
     per_split = {s: 0 for s in lake.SPLITS}
     label_counts = {c: 0 for c in CLASSES}
-    jpeg_bytes = 0
     for r in counts:
-        per_split[r["split"]] += r["n"]
-        jpeg_bytes += r["jpeg_bytes"] or 0
+        per_split[r["split"]] += r["count"]
         if r["split"] == "train":
-            label_counts[r["class"]] += r["n"]
+            label_counts[r["class"]] += r["count"]
     if per_split["train"] == 0:
         raise TrainingTableError(
             f"no usable rows for the training split (rows per split: {per_split}; excluded: {excluded}). Check "
@@ -251,8 +249,7 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
         "image_size_px": _image_size_px(cutouts, conf),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    total = sum(per_split.values())
-    bytes_per_row = jpeg_bytes / total + _ROW_OVERHEAD_BYTES
+    bytes_per_row = _cutout_bytes_per_row(spark, conf.lake.table("cutouts")) + _ROW_OVERHEAD_BYTES
     training_root = f"{root.rstrip('/')}/training"
 
     def write(staging: str) -> None:
@@ -283,6 +280,17 @@ def _cutouts_or_none(spark, path: str):
     if not cutouts.select("objid").limit(1).collect():
         return None
     return cutouts
+
+
+def _cutout_bytes_per_row(spark, path: str) -> float:
+    """Mean bytes per row of the cutouts table, from its file sizes and Parquet row counts (no data read)."""
+    if not lake.table_exists(spark, path):
+        return 0.0
+    fs, hpath = _hadoop_fs(spark, path)
+    size = sum(s.getLen() for s in fs.listStatus(hpath)
+               if s.getPath().getName().endswith(".parquet") and not s.getPath().getName().startswith((".", "_")))
+    rows = spark.read.parquet(path).count()
+    return size / rows if rows else 0.0
 
 
 def _image_size_px(cutouts, conf: Config) -> int:
