@@ -209,6 +209,7 @@ def test_download_under_faults_stores_each_object_once_and_second_run_completes(
     assert not os.path.exists(os.path.join(conf.lake.path("root"), "_work", f"cutouts-{second.run_id}"))
 
 
+@pytest.mark.slow
 def test_failures_keep_their_reason_and_attempts_accumulate(spark, conf_for, standin_factory):
     catalog = make_labelled(12, seed=6)
     server = standin_factory(catalogs=[catalog], faults=Faults(corrupt_rate=1.0))
@@ -223,6 +224,19 @@ def test_failures_keep_their_reason_and_attempts_accumulate(spark, conf_for, sta
     assert (failures["attempts"] == 4).all()  # two runs of (one fetch + one re-fetch)
     assert failures["reason"].str.startswith("corrupt_jpeg: ").all()
     assert "failed by reason: corrupt_jpeg 12" in str(second)
+
+    server.faults = Faults()
+    third = download_cutouts(spark, conf)
+    assert third.stored == 12 and len(lake_failures(conf)) == 0
+    # A failure row for an object that is stored after all (a killed run got it) goes at the next run,
+    # even one that has nothing to fetch.
+    stale = pd.DataFrame({"objid": [int(catalog["objid"][0])], "ra": [1.0], "dec": [2.0], "reason": ["http_503: x"],
+                          "attempts": np.array([3], np.int32), "failed_at": [pd.Timestamp("2024-01-01")]})
+    pq.write_table(pa.Table.from_pandas(stale, schema=lake.CUTOUT_FAILURES.arrow_schema(), preserve_index=False),
+                   os.path.join(conf.lake.table("cutout_failures"), "part-stale.parquet"))
+    assert len(lake_failures(conf)) == 1
+    fourth = download_cutouts(spark, conf)
+    assert fourth.requested == 0 and fourth.skipped_present == 12 and len(lake_failures(conf)) == 0
 
 
 def test_politeness_limit_holds_within_ten_percent(spark, conf_for, standin_factory):

@@ -730,6 +730,9 @@ def download_cutouts(spark, conf: Config, *, progress_interval_s: float = 10.0) 
                 for reason in examples:
                     log.warning("cutout failure, e.g.: %s", reason)
             _rewrite_failures(spark, failures_path, outcomes, cutouts_path)
+        elif lake.table_exists(spark, failures_path):
+            # Nothing to fetch; still drop failures that a killed run stored after all.
+            _rewrite_failures(spark, failures_path, None, cutouts_path)
     finally:
         # The snapshot and outcomes are only needed by this run (a killed run leaves them behind, harmlessly).
         fs.delete(work_path)
@@ -748,10 +751,13 @@ def download_cutouts(spark, conf: Config, *, progress_interval_s: float = 10.0) 
 
 def _rewrite_failures(spark, failures_path: str, outcomes, cutouts_path: str) -> None:
     """Replace the failures table by: this run's failures (attempts added to earlier runs'), plus earlier failures
-    of objects this run did not try (outside a sample) that are still without a cutout."""
+    of objects this run did not try (outside a sample) that are still without a cutout. ``outcomes`` None: this
+    run tried nothing."""
     from pyspark.sql import functions as F
 
     schema = lake.CUTOUT_FAILURES.spark_schema()
+    if outcomes is None:
+        outcomes = spark.createDataFrame([], OUTCOME_SCHEMA)
     new = (outcomes.where(F.col("status") == FAILED)
            .select("objid", "ra", "dec", "reason", "attempts", F.col("at").alias("failed_at")))
     if lake.table_exists(spark, failures_path):
