@@ -220,7 +220,8 @@ def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
     assert figures["confusion_multimodal-paper.png"]["simulated"]
     assert _banner_pixels(os.path.join(result.path, "confusion_tabular-photometric.png")) == 0
     assert _banner_pixels(os.path.join(result.path, "curves_multimodal-paper_tabular.png")) == 0
-    best = report["comparisons"][0]["best_baseline"]
+    assert [c["feature_set"] for c in report["comparisons"]] == ["photometric", "paper"]  # headline first
+    best = report["comparisons"][1]["best_baseline"]
     assert best in ("naive_bayes-paper", "logistic_regression-paper")
     assert os.path.isfile(os.path.join(result.path, f"confusion_{best}.png"))
     assert "SIMULATED" in str(result)

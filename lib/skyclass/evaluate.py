@@ -410,7 +410,11 @@ def best_baseline_comparisons(results: Sequence[Mapping]) -> list[dict]:
         ``{"feature_set", "title", "best_baseline" (key), "keys" (networks first, then the baseline)}``.
     """
     comparisons = []
-    feature_sets = sorted({r["feature_set"] for r in results if r["kind"] == "network"})
+    feature_sets = []
+    # In the order the results list them, so the headline's feature set comes first.
+    for r in results:
+        if r["kind"] == "network" and r["feature_set"] not in feature_sets:
+            feature_sets.append(r["feature_set"])
     for feature_set in feature_sets:
         baselines = [r for r in results if r["kind"] == "baseline" and r["feature_set"] == feature_set]
         if not baselines:
@@ -436,7 +440,7 @@ def _plot_comparisons(results, comparisons, class_names, out_dir, figures) -> No
                                     title=f"Confusion matrix: {result_label(best)}")
         figures.append({"file": f"confusion_{key}.png", "simulated": False,
                         "caption": f"Confusion matrix — best baseline: {result_label(best)}"})
-    for feature_set in sorted({r["feature_set"] for r in results}):
+    for feature_set in dict.fromkeys(r["feature_set"] for r in results):
         in_set = [r for r in results if r["feature_set"] == feature_set]
         simulated = any(r["simulated"] for r in in_set)
         plots.plot_per_class_f1({result_label(r): r["metrics"] for r in in_set},

@@ -112,9 +112,10 @@ def render_markdown(report: Mapping) -> str:
             caption = figure["caption"] + (" (SIMULATED)" if figure.get("simulated") else "")
             lines += [f"### {caption}", "", f"![{caption}]({figure['file']})", ""]
 
-    notes = [CLASS_MIX_NOTE, *(report.get("notes") or [])]
-    lines += ["## Notes", ""]
-    lines += [f"- {note}" for note in notes]
+    notes = list(report.get("notes") or [])
+    if notes:
+        lines += ["## Notes", ""]
+        lines += [f"- {note}" for note in notes]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
