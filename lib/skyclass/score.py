@@ -204,12 +204,7 @@ def worker_models(spec: ScoringSpec, loads=None) -> tuple[object, object]:
 
     from skyclass.package import ModelPackage
 
-    # On GPU executors each Python worker would otherwise reserve all GPU memory and starve its neighbours.
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised in this process: nothing left to configure
-            pass
+    _configure_tensorflow(tf)
     began = time.monotonic()
     package = ModelPackage.load(spec.package_path)
     main_model = package.load_model()
@@ -220,6 +215,28 @@ def worker_models(spec: ScoringSpec, loads=None) -> tuple[object, object]:
         loads.add(1)
     log.info("worker loaded model %s from %s in %.1f s", spec.version, spec.package_path, time.monotonic() - began)
     return main_model, tabular_model
+
+
+def _configure_tensorflow(tf) -> None:
+    """Fit TensorFlow to the task slot before it starts (settings are fixed once TF has run an op)."""
+    try:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        cpus = context.cpus() if context is not None else None
+    except Exception:  # outside a Spark task (tests, notebooks): keep TensorFlow's defaults
+        cpus = None
+    try:
+        if cpus:
+            # Spark runs one Python worker per task slot: each worker's TensorFlow gets the slot's cores, not the
+            # whole machine's, or the workers' thread pools spin against each other.
+            tf.config.threading.set_intra_op_parallelism_threads(cpus)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        # On GPU executors each Python worker would otherwise reserve all GPU memory and starve its neighbours.
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # TensorFlow already initialised in this process: nothing left to configure
+        pass
 
 
 def _score_batches(batches: Iterator[pd.DataFrame], spec: ScoringSpec, loads=None) -> Iterator[pd.DataFrame]:
