@@ -124,7 +124,7 @@ CUTOUTS = Table("cutouts", (
     Column("scale_arcsec_per_px", pa.float64(), False),
     Column("size_px", pa.int32(), False),
     Column("jpeg", pa.binary(), False, "JPEG bytes as served by ImgCutout/getjpeg"),
-    Column("fetched_at", pa.timestamp("us"), False),
+    Column("fetched_at", pa.timestamp("us", tz="UTC"), False),
 ))
 
 CUTOUT_FAILURES = Table("cutout_failures", (
@@ -133,7 +133,7 @@ CUTOUT_FAILURES = Table("cutout_failures", (
     Column("dec", pa.float64(), False),
     Column("reason", pa.string(), False),
     Column("attempts", pa.int32(), False),
-    Column("failed_at", pa.timestamp("us"), False),
+    Column("failed_at", pa.timestamp("us", tz="UTC"), False),
 ))
 
 TRAINING = Table("training", (
