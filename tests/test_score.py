@@ -324,3 +324,12 @@ def test_package_needing_redshift_cannot_score_the_photometric_catalog(spark, la
 def test_no_catalog_table_says_what_to_run(spark, packages, tmp_path):
     with pytest.raises(ScoreError, match="skyclass extract --photometric"):
         score_catalog(spark, _conf(tmp_path / "empty-lake", tmp_path, model=packages["v1"]))
+
+
+def test_an_empty_batch_gives_an_empty_frame(packages):
+    main, tabular = _models(packages["v1"])
+    empty = pd.DataFrame({"objid": np.array([], np.int64), **{m: np.array([], float) for m in lake.MAGNITUDES},
+                          "jpeg": pd.Series([], dtype=object)})
+    got = score_frame(empty, _spec(packages["v1"]), main, tabular)
+    assert list(got.columns) == lake.PREDICTIONS.names and len(got) == 0
+    assert got["objid"].dtype == np.int64 and got["p_galaxy"].dtype == np.float32

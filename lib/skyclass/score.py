@@ -50,6 +50,8 @@ STATUS_BAD_PHOTOMETRY = "bad_photometry"
 STATUSES = (STATUS_OK, STATUS_NO_CUTOUT, STATUS_BAD_PHOTOMETRY)
 PROBABILITY_COLUMNS = {"GALAXY": "p_galaxy", "STAR": "p_star", "QSO": "p_qso"}
 _ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
+_EMPTY_DTYPES = {"objid": "int64", "predicted_class": "object", "p_galaxy": "float32", "p_star": "float32",
+                 "p_qso": "float32", "model_version": "object", "status": "object"}
 
 # Per Python worker: (package path, version) -> (main model, tabular model). Module-level on purpose: Spark reuses
 # Python workers across tasks (spark.python.worker.reuse), and the mapInPandas function is a module-level function
@@ -162,8 +164,11 @@ def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_mode
     from skyclass.features import decode_jpegs, photometry_ok_pandas, standardise
 
     n = len(frame)
+    if n == 0:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})[lake.PREDICTIONS.names]
     photometry_ok = photometry_ok_pandas(frame)
-    x = standardise(clean_photometry(frame), spec.features, spec.normalisation)
+    x = standardise(clean_photometry(frame.drop(columns="jpeg", errors="ignore")), spec.features,
+                    spec.normalisation)
     proba = np.zeros((n, len(spec.classes)), dtype=np.float32)
     if spec.needs_images:
         blobs = frame["jpeg"].tolist() if "jpeg" in frame.columns else [None] * n
@@ -176,13 +181,12 @@ def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_mode
             proba[~image_ok] = _predict(tabular_model, {"features": x[~image_ok]})
     else:
         image_ok = np.ones(n, dtype=bool)
-        if n:
-            proba[:] = _predict(main_model, {"features": x})
+        proba[:] = _predict(main_model, {"features": x})
     status = np.where(~photometry_ok, STATUS_BAD_PHOTOMETRY, np.where(image_ok, STATUS_OK, STATUS_NO_CUTOUT))
     classes = np.asarray(spec.classes, dtype=object)
     out = pd.DataFrame({
         "objid": frame["objid"].to_numpy(dtype=np.int64),
-        "predicted_class": classes[proba.argmax(axis=1)] if n else np.array([], dtype=object),
+        "predicted_class": classes[proba.argmax(axis=1)],
     })
     for name, column in PROBABILITY_COLUMNS.items():
         out[column] = proba[:, spec.classes.index(name)]
