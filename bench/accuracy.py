@@ -151,7 +151,7 @@ def summarise(report: dict, feature_sets) -> dict:
         best = max(baselines, key=lambda r: r["metrics"]["accuracy"]) if baselines else None
         row = {"network": _numbers(network), "best_baseline": _numbers(best),
                "best_baseline_name": best["title"] if best else None,
-               "baselines": {r["key"]: _numbers(r) for r in baselines},
+               "baselines": {r["title"]: _numbers(r) for r in baselines},
                "targets": TARGETS[feature_set], "reference_gbt": REFERENCE_GBT[feature_set]}
         checks = {}
         if network:
@@ -195,8 +195,8 @@ def render(summary: dict) -> str:
         lines.append(f"| reference: well-tuned GBT (not run here) | {ref['accuracy']:.3f} | {ref['QSO_f1']:.3f} | "
                      "| | | |")
         named = [("tabular network (ours)", row["network"])]
-        named += [(f"MLlib {key}" + (" (best baseline)" if row["best_baseline"] == numbers else ""), numbers)
-                  for key, numbers in row["baselines"].items()]
+        named += [(f"MLlib: {title}" + (" — best baseline" if title == row["best_baseline_name"] else ""), numbers)
+                  for title, numbers in row["baselines"].items()]
         for name, n in named:
             if n is None:
                 continue

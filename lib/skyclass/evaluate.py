@@ -20,7 +20,8 @@ How metrics are computed
 
 Simulated cutouts
     Image and multimodal results are labelled SIMULATED (tables, figures, a banner in report.md) unless
-    ``evaluate.cutouts_are_simulated`` is false: offline, every cutout comes from the stand-in renderer.
+    ``evaluate.cutouts_are_simulated`` is false and the training table's stats.json does not say
+    ``"simulated": true``: offline, every cutout comes from the stand-in renderer.
 """
 from __future__ import annotations
 
@@ -117,9 +118,11 @@ def evaluate(spark, conf) -> EvaluationResult:
         figures: list[dict] = []
         results: list[dict] = []
 
+        lake_says_simulated = _lake_cutouts_simulated(lake_root)
         for path, package in packages:
             _check_classes(package, path, class_names)
-            simulated = package.mode in ("image", "multimodal") and conf.evaluate.cutouts_are_simulated
+            simulated = package.mode in ("image", "multimodal") and (conf.evaluate.cutouts_are_simulated
+                                                                      or lake_says_simulated)
             entry = evaluate_package(spark, path, package, test_df, class_names, batch_rows=conf.score.batch_rows,
                                      simulated=simulated, out_dir=out_dir, figures=figures)
             entry["headline"] = path == headline_path
@@ -458,6 +461,16 @@ def _read_splits(spark, lake_root: str):
             raise EvaluationError(f"no {split} split at {path}; build the training table first (skyclass table)")
         frames.append(spark.read.parquet(path))
     return frames[0], frames[1]
+
+
+def _lake_cutouts_simulated(lake_root: str) -> bool:
+    """True when the training table's stats.json says its cutouts are simulated (a lake built offline)."""
+    from skyclass.input_pipeline import load_training_stats
+
+    try:
+        return bool(load_training_stats(lake.training_stats_path(lake_root)).raw.get("simulated", False))
+    except SkyclassError:
+        return False  # no readable stats: fall back on evaluate.cutouts_are_simulated alone
 
 
 def _check_classes(package, path: str, class_names: Sequence[str]) -> None:
