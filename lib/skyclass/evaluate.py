@@ -38,6 +38,7 @@ import pandas as pd
 
 from skyclass import lake
 from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics
+from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
 from skyclass.features import decode_jpegs, feature_names, standardise
 
@@ -93,8 +94,8 @@ def evaluate(spark, conf) -> EvaluationResult:
     ------
     EvaluationError
         No training table, an empty test split, or a package whose classes differ from the table's.
-    SkyclassError
-        No model package (from ``package.latest_package``).
+    skyclass.package.PackageError
+        No model package, or ``evaluate.model`` is not a complete one.
     """
     from skyclass.package import ModelPackage, latest_package
 
@@ -102,7 +103,8 @@ def evaluate(spark, conf) -> EvaluationResult:
     headline_path = conf.evaluate.model or latest_package(models_dir)
     headline = ModelPackage.load(headline_path)
     packages = [(headline_path, headline)] + other_packages(models_dir, headline)
-    class_names = tuple(headline.classes)
+    # The table's label is an index into CLASSES: every package must predict exactly those, in that order.
+    class_names = CLASSES
 
     lake_root = conf.lake.path("root")
     train_df, test_df = _read_splits(spark, lake_root)
@@ -118,7 +120,8 @@ def evaluate(spark, conf) -> EvaluationResult:
         figures: list[dict] = []
         results: list[dict] = []
 
-        lake_says_simulated = _lake_cutouts_simulated(lake_root)
+        table_stats = _training_stats(lake_root)
+        lake_says_simulated = bool(table_stats.get("simulated", False))
         for path, package in packages:
             _check_classes(package, path, class_names)
             simulated = package.mode in ("image", "multimodal") and (conf.evaluate.cutouts_are_simulated
@@ -149,6 +152,8 @@ def evaluate(spark, conf) -> EvaluationResult:
             "class_names": list(class_names),
             "test_rows": test_rows,
             "test_class_counts": {name: int(counts.get(i, 0)) for i, name in enumerate(class_names)},
+            "training_table": {"path": os.path.join(lake_root, "training"), "rows": table_stats.get("rows"),
+                               "created_at": table_stats.get("created_at")},
             "cutouts_are_simulated": bool(conf.evaluate.cutouts_are_simulated),
             "simulated_results": [e["key"] for e in results if e["simulated"]],
             "results": results,
@@ -463,20 +468,21 @@ def _read_splits(spark, lake_root: str):
     return frames[0], frames[1]
 
 
-def _lake_cutouts_simulated(lake_root: str) -> bool:
-    """True when the training table's stats.json says its cutouts are simulated (a lake built offline)."""
+def _training_stats(lake_root: str) -> Mapping:
+    """The training table's stats.json as a dict; empty when unreadable (the report then omits what it tells)."""
     from skyclass.input_pipeline import load_training_stats
 
     try:
-        return bool(load_training_stats(lake.training_stats_path(lake_root)).raw.get("simulated", False))
-    except SkyclassError:
-        return False  # no readable stats: fall back on evaluate.cutouts_are_simulated alone
+        return load_training_stats(lake.training_stats_path(lake_root)).raw
+    except SkyclassError as err:
+        log.warning("no usable training statistics (%s); the report will not describe the table", err)
+        return {}
 
 
 def _check_classes(package, path: str, class_names: Sequence[str]) -> None:
     if tuple(package.classes) != tuple(class_names):
-        raise EvaluationError(f"package {path} predicts classes {list(package.classes)} but the headline package uses "
-                              f"{list(class_names)}; evaluate packages trained on the same label set")
+        raise EvaluationError(f"package {path} predicts classes {list(package.classes)} but the training table's "
+                              f"labels are {list(class_names)}; evaluate packages trained on this label set")
 
 
 def _has_curves(history: Mapping) -> bool:
