@@ -12,6 +12,7 @@ the figure carries :data:`SIMULATED_LABEL` in a red box so it cannot be mistaken
 from __future__ import annotations
 
 import logging
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -48,7 +49,9 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
 
 def _finish(figure: Figure, path, *, title: str, simulated: bool) -> Path:
     """Add title and (if simulated) the warning banner, lay out, and write a PNG, creating parent dirs."""
-    figure.suptitle(title, fontsize=12, fontweight="bold")
+    # Wrap long titles (model names, versions, the SIMULATED tag) to the figure's width instead of clipping them.
+    chars_per_line = max(30, int(figure.get_figwidth() * 9))
+    figure.suptitle(textwrap.fill(title, chars_per_line), fontsize=12, fontweight="bold")
     bottom = 0.0
     if simulated:
         banner = figure.text(
