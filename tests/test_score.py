@@ -204,7 +204,6 @@ def _files(path):
                   if name.endswith(".parquet"))
 
 
-@pytest.mark.slow  # five scoring runs: ~35 s on the shared 2-core machine
 def test_nights_are_incremental_and_rescore_replaces_without_duplicates(spark, lake_root, expected_objects,
                                                                         packages, tmp_path):
     first = score_catalog(spark, _conf(lake_root, tmp_path, model=packages["v1"], run_date="2024-01-01"))
