@@ -25,12 +25,20 @@ SIMULATED_NOTE = ("NOTE: cutouts in this demo are SIMULATED by the stand-in rend
 @dataclass
 class DemoResult:
     stages: list = field(default_factory=list)  # (stage name, summary text, seconds)
+    class_counts: dict = field(default_factory=dict)  # (predicted class, status) -> objects, of the scored field
 
     def __str__(self) -> str:
         lines = ["", "skyclass demo — summary", "=" * 23]
         for name, summary, seconds in self.stages:
             lines.append(f"[{name}] ({seconds:.0f} s)")
             lines.extend("    " + line for line in str(summary).splitlines())
+        if self.class_counts:
+            lines.append("Predicted classes of the scored field (status ok: multimodal model; no_cutout: tabular "
+                         "fallback):")
+            for cls in sorted({c for c, _ in self.class_counts}):
+                per_status = {s: n for (c, s), n in self.class_counts.items() if c == cls}
+                detail = ", ".join(f"{s} {n:,}" for s, n in sorted(per_status.items()))
+                lines.append(f"    {cls:<7} {sum(per_status.values()):>7,}  ({detail})")
         lines.append(SIMULATED_NOTE)
         return "\n".join(lines)
 
@@ -99,4 +107,12 @@ def run_demo(spark, conf: Config) -> DemoResult:
             seconds = time.monotonic() - started
             print(f"\n[{name}] done in {seconds:.0f} s\n{summary}\n", flush=True)
             result.stages.append((name, summary, seconds))
+        result.class_counts = predicted_class_counts(spark, summary.path)
     return result
+
+
+def predicted_class_counts(spark, predictions_path: str) -> dict:
+    """Objects per predicted class (and per status) in one night's predictions, aggregated in Spark."""
+    rows = (spark.read.parquet(predictions_path).groupBy("predicted_class", "status").count()
+            .orderBy("predicted_class", "status").collect())
+    return {(row["predicted_class"] or "none", row["status"]): row["count"] for row in rows}
