@@ -205,3 +205,30 @@ def test_missing_catalog_says_what_to_run(spark, table_conf):
 def _parquet_files(conf, split):
     folder = lake.training_split_path(conf.lake.path("root"), split)
     return (os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".parquet"))
+
+
+def test_row_groups_mix_classes_even_when_the_catalog_arrives_sorted_by_class(spark, conf_for):
+    """A catalog grouped by class (as per-class SkyServer exports are) must not give one-class row groups: the
+    trainer's shuffle buffer is smaller than a row group."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from catalog_fixture import make_labelled, write_csv
+    from skyclass.extract import extract_catalog
+    from skyclass.training_table import build_training_table
+    import pathlib
+    import tempfile
+
+    frame = make_labelled(3000, seed=11).sort_values("class", kind="stable")
+    conf = conf_for(cutouts={"rows_per_file": 1000, "rows_per_row_group": 250})
+    csv = write_csv(frame, pathlib.Path(tempfile.mkdtemp()) / "sorted.csv")
+    extract_catalog(spark, conf, from_csv=csv)
+    build_training_table(spark, conf)
+    train = pathlib.Path(conf.lake.table("training")) / "train"
+    worst = 0.0
+    for path in sorted(train.glob("*.parquet")):
+        parquet = pq.ParquetFile(path)
+        for k in range(parquet.metadata.num_row_groups):
+            labels = parquet.read_row_group(k, columns=["label"]).column("label").to_numpy()
+            worst = max(worst, np.bincount(labels, minlength=3).max() / len(labels))
+    # The class mix is ~45/32/23 %; a sorted table would have row groups of 100 % one class.
+    assert worst < 0.7

@@ -253,7 +253,11 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
     training_root = f"{root.rstrip('/')}/training"
 
     def write(staging: str) -> None:
-        (rows.withColumn(_SPLIT_FOLDER_COLUMN, F.col("split")).write
+        # Rows go out in a deterministic pseudo-random order: catalogs often arrive grouped by class (SkyServer
+        # exports made by per-class queries), and a row group of one class defeats the trainer's shuffle buffer,
+        # which is smaller than a row group.
+        shuffled = rows.orderBy(F.xxhash64(F.col("objid"), F.lit(conf.split.salt), F.lit("order")))
+        (shuffled.withColumn(_SPLIT_FOLDER_COLUMN, F.col("split")).write
          .partitionBy(_SPLIT_FOLDER_COLUMN)
          .option("maxRecordsPerFile", conf.cutouts.rows_per_file)
          # Row groups of ~rows_per_row_group rows: Petastorm hands whole row groups to its workers.
