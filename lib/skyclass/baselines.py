@@ -44,8 +44,8 @@ BASELINE_TITLES = {
 # Tuned a little on the validation split of the shared labelled table (66k train rows, 2 idle cores: every model
 # fits in 2-3 minutes or less). GBT at depth 6 x 100 rounds beat depth 5 x 60 by 0.4 %; forests of depth 10 lost
 # 0.8 % to depth 12; the MLP lost 0.3 % at 150 iterations and a (128, 64) one gained 0.2 % for twice the time.
-# Linear SVM needs a little regularisation: at
-# regParam 0 MLlib's OWL-QN hits NaN and the result swings between runs (0.63 to 0.85 accuracy).
+# Linear SVM needs a little regularisation: at regParam 0 MLlib's OWL-QN hits NaN and the result swings between runs
+# (0.63 to 0.85 accuracy).
 DEFAULT_PARAMS: dict[str, dict] = {
     "logistic_regression": {"maxIter": 200, "regParam": 0.0},
     "decision_tree": {"maxDepth": 12, "minInstancesPerNode": 5, "maxBins": 64},
