@@ -30,7 +30,6 @@ import functools
 import logging
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Iterator, Mapping, Optional, Sequence
@@ -281,26 +280,20 @@ def resolve_package_path(conf) -> str:
     return latest_package(conf.lake.path("models"))
 
 
-def _hadoop_fs(spark, path: str):
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return jvm, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
 def _night_dirname(run_date: str) -> str:
     return f"run_date={run_date}"
 
 
 def read_predictions(spark, predictions_root: str):
     """All partitions of the predictions table with a string ``run_date`` column, or None if there are none."""
-    jvm, fs, root = _hadoop_fs(spark, predictions_root)
+    jvm, fs, root = lake.hadoop_fs(spark, predictions_root)
     if not fs.exists(root):
         return None
     if not any(s.isDirectory() and s.getPath().getName().startswith("run_date=") for s in fs.listStatus(root)):
         return None
     from pyspark.sql import types as T
 
-    # An explicit schema makes run_date a string (no date inference) and ignores _staging-*/_previous-* folders.
+    # An explicit schema makes run_date a string (no date inference) and ignores the swap's _-prefixed staging folders.
     schema = T.StructType(lake.PREDICTIONS.spark_schema().fields + [T.StructField("run_date", T.StringType())])
     return spark.read.schema(schema).parquet(predictions_root)
 
@@ -308,8 +301,8 @@ def read_predictions(spark, predictions_root: str):
 def replace_partition(spark, predictions_root: str, run_date: str, write) -> str:
     """Write a night's partition to a staging folder, then swap it in; other nights are never touched.
 
-    The staging and previous folders start with ``_`` so Spark's partition discovery ignores them, even if a
-    crash leaves one behind.
+    :func:`skyclass.lake.replace_directory` does the swap; its staging folders start with ``_``, so Spark's
+    partition discovery ignores them even if a crash leaves one behind.
 
     Parameters
     ----------
@@ -324,22 +317,8 @@ def replace_partition(spark, predictions_root: str, run_date: str, write) -> str
     str
         The partition folder.
     """
-    token = uuid.uuid4().hex[:8]
     final_path = f"{predictions_root.rstrip('/')}/{_night_dirname(run_date)}"
-    staging_path = f"{predictions_root.rstrip('/')}/_staging-{run_date}-{token}"
-    write(staging_path)
-    jvm, fs, final = _hadoop_fs(spark, final_path)
-    previous = jvm.org.apache.hadoop.fs.Path(f"{predictions_root.rstrip('/')}/_previous-{run_date}-{token}")
-    # Keep the old night until the new one is in place: a crash between the renames leaves one of them whole.
-    had_old = fs.exists(final)
-    if had_old and not fs.rename(final, previous):
-        raise OSError(f"could not move {final_path} aside to replace it")
-    if not fs.rename(jvm.org.apache.hadoop.fs.Path(staging_path), final):
-        if had_old:
-            fs.rename(previous, final)
-        raise OSError(f"could not move {staging_path} to {final_path}")
-    if had_old:
-        fs.delete(previous, True)
+    lake.replace_directory(spark, final_path, write)
     return final_path
 
 

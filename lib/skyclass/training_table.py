@@ -290,7 +290,7 @@ def _cutout_bytes_per_row(spark, path: str) -> float:
     """Mean bytes per row of the cutouts table, from its file sizes and Parquet row counts (no data read)."""
     if not lake.table_exists(spark, path):
         return 0.0
-    fs, hpath = _hadoop_fs(spark, path)
+    _, fs, hpath = lake.hadoop_fs(spark, path)
     size = sum(s.getLen() for s in fs.listStatus(hpath)
                if s.getPath().getName().endswith(".parquet") and not s.getPath().getName().startswith((".", "_")))
     rows = spark.read.parquet(path).count()
@@ -309,16 +309,10 @@ def _image_size_px(cutouts, conf: Config) -> int:
     return int(row["hi"])
 
 
-def _hadoop_fs(spark, path: str):
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
 def _rename_or_create(spark, source: str, target: str) -> None:
     """Move ``source`` to ``target``; an empty split (no source folder) becomes an empty folder."""
-    fs, src = _hadoop_fs(spark, source)
-    _, dst = _hadoop_fs(spark, target)
+    _, fs, src = lake.hadoop_fs(spark, source)
+    *_, dst = lake.hadoop_fs(spark, target)
     if fs.exists(src):
         if not fs.rename(src, dst):
             raise OSError(f"could not rename {source} to {target}")
@@ -328,7 +322,7 @@ def _rename_or_create(spark, source: str, target: str) -> None:
 
 def _write_text(spark, path: str, text: str) -> None:
     """Write a small text file through Hadoop's file system (local disk, HDFS and object stores alike)."""
-    fs, hpath = _hadoop_fs(spark, path)
+    _, fs, hpath = lake.hadoop_fs(spark, path)
     stream = fs.create(hpath, True)
     try:
         stream.write(bytearray(text.encode("utf-8")))
