@@ -173,6 +173,7 @@ class TrainConfig:
     learning_rate: float = 1e-3  # per process; scaled by the number of processes
     warmup_epochs: int = 1
     early_stopping_patience: int = 3
+    reduce_lr_patience: Optional[int] = None  # epochs without val_loss progress before halving the rate; None = off
     num_proc: int = 2  # Horovod processes: 2 here, one per GPU on a cluster
     steps_per_epoch: Optional[int] = None  # None = one pass over the shard
     version: Optional[str] = None  # model package name; None = a UTC timestamp
