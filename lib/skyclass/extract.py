@@ -551,22 +551,7 @@ def extract_catalog(spark, conf, from_csv: Optional[str] = None) -> ExtractResul
         Bad configuration, a CSV file that is missing or lacks a column, or ranges that failed after retries (the
         completed ones are kept and a rerun resumes).
     """
-    started = time.monotonic()
-    columns, extra = photo_columns(conf)
-    schema = raw_schema("catalog", extra)
-    if from_csv:
-        raw, duplicates = read_export_csv(spark, from_csv, "catalog", extra)
-        result = ExtractResult("catalog", conf.lake.table("catalog"), f"CSV export {from_csv}", 0)
-        if duplicates:
-            result.dropped["duplicate_specobjid"] = duplicates
-    else:
-        plan = catalog_plan(conf)
-
-        def fetch(client, rng):
-            return fetch_catalog_range(client, rng, columns, conf.extract.page_rows, conf.skyserver.row_cap)
-
-        raw, result = _fetch_ranges(spark, conf, plan, fetch, schema)
-    return _finish(spark, conf, "catalog", raw, extra, result, started)
+    return _extract(spark, conf, "catalog", from_csv, catalog_plan, fetch_catalog_range, "duplicate_specobjid")
 
 
 def extract_photometric(spark, conf, from_csv: Optional[str] = None) -> ExtractResult:
@@ -590,22 +575,26 @@ def extract_photometric(spark, conf, from_csv: Optional[str] = None) -> ExtractR
     ExtractError
         No box configured, a bad CSV file, or strips that failed after retries (completed ones are kept).
     """
+    return _extract(spark, conf, "photometric", from_csv, photometric_plan, fetch_photometric_strip,
+                    "duplicate_objid")
+
+
+def _extract(spark, conf, table: str, from_csv: Optional[str], make_plan, fetch_piece, duplicate_reason: str):
+    """Shared body of the two extractions: a CSV import or parallel fetches of the plan's pieces, then the
+    quality rules and the atomic write."""
     started = time.monotonic()
     columns, extra = photo_columns(conf)
-    schema = raw_schema("photometric", extra)
     if from_csv:
-        raw, duplicates = read_export_csv(spark, from_csv, "photometric", extra)
-        result = ExtractResult("photometric", conf.lake.table("photometric"), f"CSV export {from_csv}", 0)
+        raw, duplicates = read_export_csv(spark, from_csv, table, extra)
+        result = ExtractResult(table, conf.lake.table(table), f"CSV export {from_csv}", 0)
         if duplicates:
-            result.dropped["duplicate_objid"] = duplicates
+            result.dropped[duplicate_reason] = duplicates
     else:
-        plan = photometric_plan(conf)
+        def fetch(client, piece):
+            return fetch_piece(client, piece, columns, conf.extract.page_rows, conf.skyserver.row_cap)
 
-        def fetch(client, strip):
-            return fetch_photometric_strip(client, strip, columns, conf.extract.page_rows, conf.skyserver.row_cap)
-
-        raw, result = _fetch_ranges(spark, conf, plan, fetch, schema)
-    return _finish(spark, conf, "photometric", raw, extra, result, started)
+        raw, result = _fetch_ranges(spark, conf, make_plan(conf), fetch, raw_schema(table, extra))
+    return _finish(spark, conf, table, raw, extra, result, started)
 
 
 def _fetch_ranges(spark, conf, plan: ExtractionPlan,
