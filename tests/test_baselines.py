@@ -19,7 +19,7 @@ FAST_PARAMS = {
     "gbt": {"maxIter": 5, "maxDepth": 3},
     "decision_tree": {"maxDepth": 5},
     "logistic_regression": {"maxIter": 50},
-    "linear_svc": {"maxIter": 30},
+    "linear_svc": {"maxIter": 10},
     "mlp": {"hidden_layers": (8,), "maxIter": 60},
 }
 

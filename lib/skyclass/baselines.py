@@ -345,7 +345,13 @@ def run_baselines(train_df, test_df, feature_set: str, features: Sequence[str],
             fit_seconds = time.monotonic() - started
             scored = model.transform(test_ready)
             score_col = "probability" if "probability" in scored.columns else "rawPrediction"
-            metrics = scored_metrics(scored, score_col, class_names, label_col="label")
+            # Four jobs read the predictions (confusion matrix, three AUCs): score once. OneVsRest's transform in
+            # particular runs every binary model again each time.
+            scored = scored.select("label", "prediction", score_col).cache()
+            try:
+                metrics = scored_metrics(scored, score_col, class_names, label_col="label")
+            finally:
+                scored.unpersist()
             results.append(BaselineResult(name, feature_set, tuple(features), metrics,
                                           {**DEFAULT_PARAMS[name], **overrides}, round(fit_seconds, 2), score_col))
             log.info("baseline %d/%d %s (%s): accuracy %.4f, fit %.1f s", done, len(names), name, feature_set,
