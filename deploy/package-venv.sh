@@ -31,7 +31,7 @@ PYTHON="${PYTHON:-python3.11}"
 OUT="${OUT:-$REPO_DIR/dist/skyclass-venv.tar.gz}"
 TF_PACKAGE="${TF_PACKAGE:-tensorflow-cpu==2.15.1}"
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
-    BUILD_DIR="${BUILD_DIR:-/tmp/skyclass-venv-build}"
+    BUILD_DIR="${BUILD_DIR:-build/venv-pack}"
 else
     BUILD_DIR="${BUILD_DIR:-$(mktemp -d)}"
 fi
