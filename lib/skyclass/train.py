@@ -477,7 +477,12 @@ def _fit(plan: TrainPlan, phase: PhasePlan, model, records: list, initial_epoch:
                   validation_data=validation, validation_steps=phase.validation_steps,
                   class_weight=dict(plan.class_weight) if plan.class_weight else None, callbacks=callbacks,
                   verbose=0)
-    return early_stopping.stopped_epoch > 0
+    stopped_early = early_stopping.stopped_epoch > 0
+    if not stopped_early and early_stopping.best_weights is not None:
+        # Keras 2 restores the best weights only when it stops early; a run that uses every epoch would keep the
+        # last epoch's. Every process holds the same best weights (same averaged val_loss, synchronised weights).
+        model.set_weights(early_stopping.best_weights)
+    return stopped_early
 
 
 def _evaluate_rank0(plan: TrainPlan, phase: PhasePlan, model) -> dict:
