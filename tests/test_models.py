@@ -13,8 +13,6 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from skyclass.models import (  # noqa: E402  (after the importorskip)
-    BACKBONES,
-    MODES,
     ModelConfigError,
     build_model,
     compile_model,
