@@ -30,10 +30,10 @@ def make_training_frame(n: int, seed: int = 0, *, separation: float = 4.0) -> pd
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, len(CLASSES), n)
     # One offset per class and feature, chosen so each pair of classes differs in several features.
-    offsets = np.array([[0, 1, 0, 1, 0, 1, 0, 1, 0, 1],
-                        [1, 0, 1, 0, 1, 0, 1, 0, 1, 0],
-                        [1, 1, 0, 0, 1, 1, 0, 0, 1, 1]], dtype=float)
-    base = np.array([19.5, 18.4, 17.8, 17.5, 17.3, 1.1, 0.6, 0.3, 0.2, 0.4])
+    offsets = np.array([[0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1],
+                        [1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0],
+                        [1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0]], dtype=float)
+    base = np.array([19.5, 18.4, 17.8, 17.5, 17.3, 1.1, 0.6, 0.3, 0.2, 0.4, 6.0, 0.0])
     values = base + separation * offsets[labels] + rng.normal(0, 1.0, (n, len(PAPER_FEATURES)))
     frame = pd.DataFrame(values.astype(np.float32), columns=list(PAPER_FEATURES))
     u = rng.random(n)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from skyclass.config import CLASSES
 from skyclass.evaluate import EvaluationError, best_baseline_comparisons, evaluate, predict_proba
+from skyclass.features import feature_names
 from skyclass.lake import PHOTOMETRIC_FEATURES, SPLITS, training_split_path
 from skyclass.metrics import classification_metrics, metrics_from_confusion
 from skyclass.report import SIMULATED_BANNER, render_markdown
@@ -128,7 +129,6 @@ def _write_table(spark, conf, frame):
 
 
 def _write_package(conf, version, mode, feature_set, main_model, tabular_model, frame, history=None):
-    from skyclass.features import feature_names
     from skyclass.package import keras_model_bytes, write_package
 
     features = list(feature_names(feature_set))
@@ -174,8 +174,10 @@ def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
     history = tabular.fit({"features": x_of(train)}, train["label"].to_numpy(), epochs=15, batch_size=32,
                           verbose=0, validation_split=0.1).history
     # Another (mode, feature set): an untrained multimodal package on the paper features, older version name.
-    multimodal = build_model("multimodal", n_features=10, tabular_units=(4,), fusion_units=(4,), cnn_filters=(2, 2))
-    paper_tabular = build_model("tabular", n_features=10, tabular_units=(4,))
+    n_paper = len(feature_names("paper"))
+    multimodal = build_model("multimodal", n_features=n_paper, tabular_units=(4,), fusion_units=(4,),
+                             cnn_filters=(2, 2))
+    paper_tabular = build_model("tabular", n_features=n_paper, tabular_units=(4,))
     other = _write_package(conf, "20240101-000000", "multimodal", "paper", multimodal, paper_tabular, frame, history)
     headline = _write_package(conf, "20240202-000000", "tabular", "photometric", tabular, tabular, frame, history)
 

@@ -64,6 +64,23 @@ def test_colours_spark_and_pandas_agree_and_null_sentinels(spark):
     assert ok.tolist() == [True, False, False]
 
 
+def test_redshift_encodings_spark_and_pandas_agree(spark):
+    frame = pd.DataFrame({"redshift": [0.0, 0.001, -0.001, 1.0, None]})
+    got = features.add_redshift_encodings(spark.createDataFrame(frame)).toPandas()
+    # By hand: asinh(0)=0, asinh(+-1)=+-ln(1+sqrt(2)), asinh(1000)=ln(1000+sqrt(1000001)); only 0.0 is flagged.
+    want_asinh = [0.0, np.log(1 + np.sqrt(2)), -np.log(1 + np.sqrt(2)), np.log(1000 + np.sqrt(1_000_001))]
+    np.testing.assert_allclose(got["redshift_asinh"][:4], want_asinh, rtol=1e-12)
+    assert got["redshift_zero"][:4].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert pd.isna(got.loc[4, "redshift_asinh"]) and pd.isna(got.loc[4, "redshift_zero"])
+    pandas_got = features.add_redshift_encodings_pandas(frame)
+    pd.testing.assert_frame_equal(pandas_got, got, check_dtype=False)
+
+
+def test_source_columns_name_what_derived_features_need():
+    assert features.source_columns(("g_r", "u", "redshift_zero", "redshift_asinh")) == ("g", "r", "u", "redshift")
+    assert features.source_columns(features.feature_names("photometric")) == lake.MAGNITUDES
+
+
 def test_standardise_uses_stored_stats_and_zeroes_missing():
     frame = pd.DataFrame({"a": [1.0, 3.0, np.nan], "b": [10.0, 10.0, 12.0]})
     stats = {"a": {"mean": 2.0, "std": 1.0}, "b": {"mean": 10.0, "std": 2.0}}
@@ -75,7 +92,7 @@ def test_standardise_uses_stored_stats_and_zeroes_missing():
 
 def test_feature_sets():
     assert features.feature_names("photometric") == ("u", "g", "r", "i", "z", "u_g", "g_r", "r_i", "i_z")
-    assert features.feature_names("paper")[-1] == "redshift"
+    assert features.feature_names("paper")[9:] == ("redshift", "redshift_asinh", "redshift_zero")
     with pytest.raises(ValueError, match="photometric"):
         features.feature_names("spectro")
 

@@ -58,6 +58,8 @@ def _rows(n: int, split: str, first_objid: int, size_px: int, missing_image_frac
         "u_g": (u - g).astype(np.float32), "g_r": (g - r).astype(np.float32),
         "r_i": (r - i).astype(np.float32), "i_z": (i - zmag).astype(np.float32),
         "redshift": redshift.astype(np.float32),
+        "redshift_asinh": np.arcsinh(redshift / 0.001).astype(np.float32),
+        "redshift_zero": (redshift == 0).astype(np.float32),
         "jpeg": [None if rng.random() < missing_image_fraction else _cutout_jpeg(c, size_px, rng) for c in classes],
     }
     return columns
@@ -315,7 +317,7 @@ def test_tabular_training_with_the_paper_features(spark, conf_for, tmp_path):
     conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", feature_set="paper", epochs=3, version="tab-1")
     result = train_model(spark, conf)
     pkg = ModelPackage.load(result.path)
-    assert pkg.features == lake.PAPER_FEATURES and pkg.features[-1] == "redshift"
+    assert pkg.features == lake.PAPER_FEATURES and "redshift" in pkg.features
     with open(os.path.join(result.path, "model.keras"), "rb") as a, \
             open(os.path.join(result.path, "tabular.keras"), "rb") as b:
         assert a.read() == b.read()

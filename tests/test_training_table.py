@@ -142,7 +142,10 @@ def test_training_table_rows_labels_stats_and_cutout_rule(spark, table_conf):
     independent = {m: mags[m].astype(np.float32) for m in lake.MAGNITUDES}
     for colour, blue, red in (("u_g", "u", "g"), ("g_r", "g", "r"), ("r_i", "r", "i"), ("i_z", "i", "z")):
         independent[colour] = (mags[blue] - mags[red]).astype(np.float32)
-    independent["redshift"] = train["redshift"].to_numpy().astype(np.float32)
+    redshift = train["redshift"].to_numpy()
+    independent["redshift"] = redshift.astype(np.float32)
+    independent["redshift_asinh"] = np.log(redshift / 0.001 + np.sqrt((redshift / 0.001) ** 2 + 1)).astype(np.float32)
+    independent["redshift_zero"] = (redshift == 0).astype(np.float32)
     assert set(stats["features"]) == set(independent)
     for name, values in independent.items():
         values = values.astype(np.float64)

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from skyclass.lake import COLOURS, FEATURE_SETS, MAGNITUDES
+from skyclass.lake import COLOURS, FEATURE_SETS, MAGNITUDES, REDSHIFT_ENCODINGS
 
 # SDSS writes -9999 (and sometimes other large negatives) for a magnitude it could not measure; real magnitudes
 # of SDSS objects lie well inside this range (the shared data goes from ~7 to ~32).
@@ -25,6 +25,25 @@ def feature_names(feature_set: str) -> tuple[str, ...]:
         raise ValueError(f"unknown feature set {feature_set!r}; expected one of {', '.join(FEATURE_SETS)}") from None
 
 
+# Redshift at which asinh(z / REDSHIFT_SCALE) turns from linear to logarithmic: stars' measured redshifts scatter
+# within +-0.005 (velocities of a few hundred km/s), the nearest galaxies start near 0.005, QSOs reach 7.
+REDSHIFT_SCALE = 0.001
+
+
+def source_columns(names: Sequence[str]) -> tuple[str, ...]:
+    """Catalog columns needed to compute the features ``names`` (colours need magnitudes, encodings redshift)."""
+    pairs = {colour: (blue, red) for colour, blue, red in colour_pairs()}
+    needed = []
+    for name in names:
+        if name in pairs:
+            needed += pairs[name]
+        elif name in REDSHIFT_ENCODINGS:
+            needed.append("redshift")
+        else:
+            needed.append(name)
+    return tuple(dict.fromkeys(needed))
+
+
 def colour_pairs() -> list[tuple[str, str, str]]:
     """(colour column, bluer band, redder band) for u-g, g-r, r-i, i-z."""
     return [(c, MAGNITUDES[k], MAGNITUDES[k + 1]) for k, c in enumerate(COLOURS)]
@@ -38,6 +57,29 @@ def add_colours(df):
         ok = _spark_mag_ok(F.col(blue)) & _spark_mag_ok(F.col(red))
         df = df.withColumn(colour, F.when(ok, F.col(blue) - F.col(red)))
     return df
+
+
+def add_redshift_encodings(df):
+    """Spark DataFrame with ``redshift`` → the same with ``redshift_asinh`` and ``redshift_zero`` (null with it).
+
+    ``redshift_zero`` is 1.0 for a redshift of exactly 0.0: in SDSS exports only galaxies carry it (stars' fitted
+    redshifts scatter around zero but are never exactly zero), so it is a sentinel rather than a measurement, and a
+    network cannot tell it from a star's 1e-5 after standardisation; a tree can split on it for free.
+    """
+    from pyspark.sql import functions as F
+
+    z = F.col("redshift")
+    return (df.withColumn("redshift_asinh", F.asinh(z / F.lit(REDSHIFT_SCALE)))
+              .withColumn("redshift_zero", F.when(z.isNotNull(), (z == 0.0).cast("double"))))
+
+
+def add_redshift_encodings_pandas(frame: pd.DataFrame) -> pd.DataFrame:
+    """pandas twin of :func:`add_redshift_encodings`: returns a copy with the encodings."""
+    out = frame.copy()
+    z = pd.to_numeric(out["redshift"], errors="coerce").to_numpy(dtype=np.float64)
+    out["redshift_asinh"] = np.arcsinh(z / REDSHIFT_SCALE)
+    out["redshift_zero"] = np.where(np.isnan(z), np.nan, (z == 0.0).astype(np.float64))
+    return out
 
 
 def photometry_ok_column():

@@ -26,8 +26,14 @@ MAGNITUDES = ("u", "g", "r", "i", "z")
 COLOURS = ("u_g", "g_r", "r_i", "i_z")  # u-g, g-r, r-i, i-z
 # Photometry of an object without a spectrum: the only set that can score the photometric catalog.
 PHOTOMETRIC_FEATURES = MAGNITUDES + COLOURS
-# The literature's tables add the spectroscopic redshift, which only labelled objects have.
-PAPER_FEATURES = PHOTOMETRIC_FEATURES + ("redshift",)
+# The literature's tables add the spectroscopic redshift, which only labelled objects have. A network sees it
+# three ways (see features.add_redshift_encodings): the raw value, asinh(z / 0.001) -- which spreads stars
+# (|z| < 0.005) apart from nearby galaxies, a difference standardisation alone squeezes into 1% of one sigma --
+# and a flag for the exact 0.0 that only galaxies carry.
+REDSHIFT_ENCODINGS = ("redshift_asinh", "redshift_zero")
+PAPER_FEATURES = PHOTOMETRIC_FEATURES + ("redshift",) + REDSHIFT_ENCODINGS
+# Features computed from catalog columns (by skyclass.features), never read from a catalog.
+DERIVED_FEATURES = COLOURS + REDSHIFT_ENCODINGS
 FEATURE_SETS = {"photometric": PHOTOMETRIC_FEATURES, "paper": PAPER_FEATURES}
 
 # Quality values of catalog rows (the first rule that fails wins).

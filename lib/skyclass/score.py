@@ -40,6 +40,7 @@ import pandas as pd
 from skyclass import lake
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
+from skyclass.features import source_columns
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +123,20 @@ class ScoreResult:
 # Worker side: pure batch scoring.
 
 def clean_photometry(frame: pd.DataFrame) -> pd.DataFrame:
-    """Copy of ``frame`` with unusable magnitudes (missing, NaN, sentinel, out of range) set to NaN and colours added.
+    """Copy of ``frame`` with unusable magnitudes (missing, NaN, sentinel, out of range) set to NaN and colours added
+    (and the redshift encodings, when ``frame`` has a redshift).
 
     Standardisation then maps each NaN to the training mean, so a -9999 sentinel never reaches the model as a huge
     z-score.
     """
-    from skyclass.features import add_colours_pandas, photometry_ok_pandas
+    from skyclass.features import add_colours_pandas, add_redshift_encodings_pandas, photometry_ok_pandas
 
     out = frame.copy()
     for band in lake.MAGNITUDES:
         ok = photometry_ok_pandas(out, (band,))
         out[band] = np.where(ok, pd.to_numeric(out[band], errors="coerce"), np.nan)
-    return add_colours_pandas(out)
+    out = add_colours_pandas(out)
+    return add_redshift_encodings_pandas(out) if "redshift" in out.columns else out
 
 
 def _predict(model, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -365,8 +368,7 @@ def score_catalog(spark, conf) -> ScoreResult:
         raise ScoreError(f"no {conf.score.catalog} table at {catalog_path}; run `{hint}` (or `skyclass simulate` "
                          "for a synthetic lake) first, or choose another table with --catalog")
     catalog = spark.read.parquet(catalog_path)
-    raw_columns = [c for c in (*lake.MAGNITUDES, *spec.features) if c not in lake.COLOURS]
-    raw_columns = list(dict.fromkeys(raw_columns))
+    raw_columns = list(source_columns((*lake.MAGNITUDES, *spec.features)))
     missing = [c for c in raw_columns if c not in catalog.columns]
     if missing:
         raise ScoreError(f"model {spec.version} uses {', '.join(missing)}, which the {conf.score.catalog} table at "

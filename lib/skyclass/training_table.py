@@ -125,7 +125,7 @@ def training_rows(catalog, cutouts, split: SplitConfig):
     """
     from pyspark.sql import functions as F
 
-    rows = features.add_colours(catalog)
+    rows = features.add_redshift_encodings(features.add_colours(catalog))
     if cutouts is None:
         rows = rows.withColumn("jpeg", F.lit(None).cast("binary"))
     else:
