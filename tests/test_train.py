@@ -189,6 +189,53 @@ def test_row_counts_from_footers_match_what_each_shard_reader_delivers(tmp_path)
     assert sum(delivered) == len(jpegs) - jpegs.null_count < len(jpegs)
 
 
+def test_thread_pool_does_not_end_before_its_ventilator_has_handed_out_the_work():
+    """The race behind readers that yielded no rows, made deterministic: the ventilator hands out every item at
+    the moment the pool first asks whether it has finished (as a ventilator thread can between the pool's
+    "all workers done?" and "ventilator finished?" checks). Unpatched petastorm 0.13.1 returns no results."""
+    from petastorm.workers_pool import EmptyResultError
+    from petastorm.workers_pool.thread_pool import ThreadPool
+    from petastorm.workers_pool.ventilator import Ventilator
+    from petastorm.workers_pool.worker_base import WorkerBase
+
+    class Echo(WorkerBase):
+        def process(self, value):
+            self.publish_func(value)
+
+    class LateVentilator(Ventilator):
+        def __init__(self, ventilate_fn, items):
+            super().__init__(ventilate_fn)
+            self.items = items
+
+        def start(self):
+            pass
+
+        def processed_item(self):
+            pass
+
+        def completed(self):
+            while self.items:
+                self._ventilate_fn(value=self.items.pop())
+            return True
+
+        def stop(self):
+            pass
+
+    input_pipeline.fix_thread_pool_end_of_data_race()
+    pool = ThreadPool(2)
+    pool.start(Echo, ventilator=LateVentilator(pool.ventilate, [1, 2, 3]))
+    got = []
+    try:
+        while True:
+            got.append(pool.get_results())
+    except EmptyResultError:
+        pass
+    finally:
+        pool.stop()
+        pool.join()
+    assert sorted(got) == [1, 2, 3]
+
+
 def test_a_split_with_fewer_row_groups_than_processes_is_read_whole(tmp_path):
     write_training_lake(tmp_path / "lake", rows_per_group={"train": 40, "validation": 100, "test": 100})
     groups = input_pipeline.list_row_groups(lake.training_split_path(str(tmp_path / "lake"), "validation"))

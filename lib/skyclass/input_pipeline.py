@@ -238,6 +238,7 @@ def shard_objids(split_path: str, cur_shard: Optional[int], shard_count: Optiona
     """
     from petastorm import make_batch_reader
 
+    fix_thread_pool_end_of_data_race()
     parts = []
     with make_batch_reader(dataset_url(split_path), schema_fields=["objid"], num_epochs=1, cur_shard=cur_shard,
                            shard_count=shard_count, shuffle_row_groups=False, workers_count=2,
@@ -337,11 +338,36 @@ def open_reader(split_path: str, spec: InputSpec, *, cur_shard: Optional[int] = 
     """
     from petastorm import make_batch_reader
 
+    fix_thread_pool_end_of_data_race()
     return make_batch_reader(
         dataset_url(split_path), schema_fields=spec.source_columns(), transform_spec=_transform_spec(spec),
         num_epochs=num_epochs, cur_shard=cur_shard, shard_count=shard_count, shuffle_row_groups=shuffle,
         shuffle_rows=shuffle, seed=seed, workers_count=workers_count, reader_pool_type="thread",
         results_queue_size=RESULTS_QUEUE_ROW_GROUPS)
+
+
+def fix_thread_pool_end_of_data_race() -> None:
+    """Make Petastorm's thread pool report the end of the data only once its ventilator has finished.
+
+    ``ThreadPool.get_results`` (petastorm 0.13.1) first asks ``all_workers_done()`` and only then
+    ``ventilator.completed()``. A reader asked for its first batch before any row group was handed to a worker sees
+    every worker done (0 of 0 items); if the ventilator thread then hands out every row group before the second
+    check, ``get_results`` reports the end of the data and the reader yields nothing. Seen here on 2 loaded cores:
+    7 of 40 single-epoch readers of a 4-row-group shard returned no rows. With the ventilator checked first, "all
+    workers done" can only be true when no more work will come. Idempotent; applied by every reader opened here.
+    """
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    if getattr(ThreadPool.all_workers_done, "checks_ventilator_first", False):
+        return
+    counts_done = ThreadPool.all_workers_done
+
+    def all_workers_done(pool) -> bool:
+        ventilator = getattr(pool, "_ventilator", None)
+        return (ventilator is None or ventilator.completed()) and counts_done(pool)
+
+    all_workers_done.checks_ventilator_first = True
+    ThreadPool.all_workers_done = all_workers_done
 
 
 def make_dataset(reader, spec: InputSpec, *, batch_size: int, shuffle_buffer: int = 0,
