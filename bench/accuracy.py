@@ -177,6 +177,8 @@ def _numbers(entry):
     return {"accuracy": m["accuracy"], "f1_weighted": m["f1_weighted"], "f1_macro": m["f1_macro"],
             "QSO_f1": m["per_class"]["QSO"]["f1"], "STAR_f1": m["per_class"]["STAR"]["f1"],
             "GALAXY_f1": m["per_class"]["GALAXY"]["f1"], "roc_auc_ovr_macro": m.get("roc_auc_ovr_macro"),
+            "accuracy_ci95": m.get("ci95", {}).get("accuracy"),
+            "QSO_f1_ci95": m.get("ci95", {}).get("per_class", {}).get("QSO", {}).get("f1"),
             **({"fit_seconds": entry["fit_seconds"]} if "fit_seconds" in entry else {})}
 
 
@@ -190,13 +192,14 @@ def render(summary: dict) -> str:
              "- the objects were selected per class, so this mix is not the sky's (QSOs over-represented).", ""]
     for feature_set, row in summary["feature_sets"].items():
         lines += [f"## Feature set `{feature_set}` — {'PASS' if row['passed'] else 'FAIL'}", "",
-                  "| model | accuracy | QSO F1 | STAR F1 | GALAXY F1 | macro F1 | AUC (macro) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  "| model | accuracy | QSO F1 | STAR F1 | GALAXY F1 | macro F1 | AUC (macro) | accuracy 95% | "
+                  "QSO F1 95% |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         target = row["targets"]
-        lines.append(f"| target | {target['accuracy']:.3f} | {target['QSO_f1']:.3f} | | | | |")
+        lines.append(f"| target | {target['accuracy']:.3f} | {target['QSO_f1']:.3f} | | | | | | |")
         ref = row["reference_gbt"]
         lines.append(f"| reference: well-tuned GBT (not run here) | {ref['accuracy']:.3f} | {ref['QSO_f1']:.3f} | "
-                     "| | | |")
+                     "| | | | | |")
         named = [("tabular network (ours)", row["network"])]
         named += [(f"MLlib: {title}" + (" — best baseline" if title == row["best_baseline_name"] else ""), numbers)
                   for title, numbers in row["baselines"].items()]
@@ -205,13 +208,32 @@ def render(summary: dict) -> str:
                 continue
             auc = f"{n['roc_auc_ovr_macro']:.4f}" if n.get("roc_auc_ovr_macro") is not None else "n/a"
             lines.append(f"| {name} | {n['accuracy']:.4f} | {n['QSO_f1']:.4f} | {n['STAR_f1']:.4f} | "
-                         f"{n['GALAXY_f1']:.4f} | {n['f1_macro']:.4f} | {auc} |")
-        lines += ["", "checks: " + (", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in row["checks"].items())
+                         f"{n['GALAXY_f1']:.4f} | {n['f1_macro']:.4f} | {auc} | {_interval(n['accuracy_ci95'])} | "
+                         f"{_interval(n['QSO_f1_ci95'])} |")
+        lines += ["", _separation(row), "", "checks: " + (", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in row["checks"].items())
                                     or "no network result"), ""]
     lines += ["## Run", "", "stage seconds: " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()),
               "", "training settings (conf.train): `" + json.dumps(summary["train_settings"]) + "`", "",
               "overrides: " + " ".join(f"`--set {o}`" for o in summary["overrides"]), ""]
     return "\n".join(lines)
+
+
+def _interval(interval) -> str:
+    return f"{interval[0]:.4f}–{interval[1]:.4f}" if interval else "n/a"
+
+
+def _separation(row: dict) -> str:
+    """One sentence: is the network's lead (or lag) over the best baseline bigger than the test split can resolve?"""
+    network, best = row["network"], row["best_baseline"]
+    if not network or not best or not network.get("accuracy_ci95") or not best.get("accuracy_ci95"):
+        return "no network/baseline pair to compare"
+    difference = network["accuracy"] - best["accuracy"]
+    (n_low, n_high), (b_low, b_high) = network["accuracy_ci95"], best["accuracy_ci95"]
+    overlap = n_low <= b_high and b_low <= n_high
+    verdict = ("the 95% intervals overlap: this test split cannot tell the two apart" if overlap
+               else "the 95% intervals are disjoint")
+    return (f"network minus best baseline ({row['best_baseline_name']}): accuracy {difference:+.4f}, "
+            f"QSO F1 {network['QSO_f1'] - best['QSO_f1']:+.4f}; {verdict}.")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ def test_markdown_labels_simulated_results_and_says_the_class_mix_is_not_the_sky
     # Accuracy 26/30, QSO recall 9/10 and precision 9/11.
     assert "accuracy **0.8667**" in text
     assert f"| QSO | {9 / 11:.4f} | 0.9000 |" in text
+    # The comparison shows each model's interval around its accuracy (26/30 = 0.8667).
+    ci = real[0]["metrics"]["ci95"]["accuracy"]
+    assert f"| Tabular network [photometric] | 0.8667 ({ci[0]:.4f}–{ci[1]:.4f}) |" in text
+    assert ci[0] < 26 / 30 < ci[1]
 
     with_image = real + [_entry("multimodal-photometric", "network", "photometric", cm, simulated=True,
                                 title="Multimodal network")]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from skyclass.metrics import (
+    bootstrap_intervals,
     DEFAULT_CLASS_NAMES,
     classification_metrics,
     comparison_table,
@@ -322,3 +323,35 @@ def test_comparison_table_on_real_metrics_and_errors():
         comparison_table({"hand": classification_metrics(y_true, y_pred)}, columns=("QS0_f1",))
     with pytest.raises(ValueError, match="at least one model"):
         comparison_table({})
+
+
+def test_bootstrap_interval_of_accuracy_matches_the_binomial_width():
+    # 8,500 of 10,000 right: the accuracy's standard error is sqrt(0.85 * 0.15 / 10,000) = 0.00357, so the 95%
+    # interval is about 0.85 +- 0.0070.
+    cm = [[3000, 300, 200], [250, 3000, 250], [300, 200, 2500]]
+    low, high = bootstrap_intervals(cm, ["A", "B", "C"])["accuracy"]
+    assert low < 0.85 < high
+    assert (high - low) / 2 == pytest.approx(1.96 * math.sqrt(0.85 * 0.15 / 10_000), rel=0.1)
+    assert 0.85 - low == pytest.approx(high - 0.85, rel=0.25)  # nearly symmetric at this n
+
+
+def test_bootstrap_intervals_of_a_perfect_and_a_never_predicted_class():
+    got = bootstrap_intervals([[50, 0, 0], [0, 30, 0], [0, 0, 20]], ["GALAXY", "STAR", "QSO"])
+    assert got["accuracy"] == [1.0, 1.0] and got["f1_macro"] == [1.0, 1.0]
+    assert got["per_class"]["QSO"]["f1"] == [1.0, 1.0]
+    # QSO never predicted: its F1 is 0 in every resample (the zero_division=0 convention), and the interval says so.
+    got = bootstrap_intervals([[50, 0, 0], [0, 30, 0], [10, 0, 0]], ["GALAXY", "STAR", "QSO"])
+    assert got["per_class"]["QSO"]["f1"] == [0.0, 0.0]
+    assert got["per_class"]["STAR"]["f1"] == [1.0, 1.0]
+    assert 0.0 < got["per_class"]["GALAXY"]["f1"][0] < 50 * 2 / (50 * 2 + 10) < got["per_class"]["GALAXY"]["f1"][1]
+
+
+def test_metrics_carry_reproducible_intervals_around_the_point_estimates():
+    cm = [[380, 10, 5], [12, 250, 8], [9, 11, 190]]
+    first, second = metrics_from_confusion(cm), metrics_from_confusion(cm)
+    assert first["ci95"] == second["ci95"]
+    low, high = first["ci95"]["per_class"]["QSO"]["f1"]
+    assert low < first["per_class"]["QSO"]["f1"] < high
+    low, high = first["ci95"]["f1_macro"]
+    assert low < first["f1_macro"] < high
+    json.dumps(first)

@@ -7,6 +7,9 @@ Pure numpy (scikit-learn is not part of the pinned stack). Conventions, chosen t
   was never predicted, recall of a class with no true samples, and F1 when precision + recall == 0.
 * Weighted averages weight each class by its support (number of true samples); macro averages weight every
   class equally, including classes with zero support.
+* ``ci95`` holds 95% intervals of accuracy, macro F1 and each class's F1 from a bootstrap of the confusion matrix
+  (the test objects resampled with replacement, as multinomial draws of its cells): on 8,409 test objects an
+  accuracy of 0.989 is good to about +-0.002, so smaller differences between models say little.
 * ROC AUC is one-vs-rest per class. It is undefined when the test set has no positives or no negatives of
   that class; the per-class value is then ``None`` in the metrics dict (``NaN`` from :func:`roc_auc`).
 
@@ -27,6 +30,7 @@ __all__ = [
     "confusion_matrix",
     "classification_metrics",
     "metrics_from_confusion",
+    "bootstrap_intervals",
     "roc_curve",
     "roc_auc",
     "comparison_table",
@@ -35,6 +39,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLASS_NAMES: tuple[str, ...] = ("GALAXY", "STAR", "QSO")
+# Resamples behind the ``ci95`` intervals: enough for the 2.5/97.5 percentiles to be stable to ~1e-4 at n ~ 10^4.
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def _as_label_array(values, name: str, n_classes: int) -> np.ndarray:
@@ -122,7 +128,8 @@ def metrics_from_confusion(cm, class_names: Sequence[str] = DEFAULT_CLASS_NAMES)
     dict
         ``n``, ``accuracy``, ``precision_weighted``, ``recall_weighted``, ``f1_weighted``, ``f1_macro``,
         ``per_class`` (name -> ``precision``, ``recall``, ``f1``, ``support``), ``confusion_matrix`` (list of
-        lists) and ``class_names``. Zero denominators give 0.0 (see the module docstring).
+        lists), ``class_names`` and ``ci95`` (see :func:`bootstrap_intervals`). Zero denominators give 0.0 (see
+        the module docstring).
 
     Raises
     ------
@@ -173,7 +180,55 @@ def metrics_from_confusion(cm, class_names: Sequence[str] = DEFAULT_CLASS_NAMES)
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
         "class_names": names,
+        "ci95": bootstrap_intervals(matrix, names),
     }
+
+
+def _f1_from_counts(matrix: np.ndarray) -> np.ndarray:
+    """Per-class F1 = 2 TP / (2 TP + FP + FN) of one or many (..., k, k) confusion matrices (0 where undefined)."""
+    true_positives = np.diagonal(matrix, axis1=-2, axis2=-1).astype(np.float64)
+    denominator = matrix.sum(axis=-1) + matrix.sum(axis=-2)  # (TP + FN) + (TP + FP)
+    return _safe_ratio(2.0 * true_positives, denominator.astype(np.float64))
+
+
+def bootstrap_intervals(cm, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, *,
+                        resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95, seed: int = 0) -> dict:
+    """Percentile-bootstrap intervals of accuracy, macro F1 and per-class F1, from a confusion matrix alone.
+
+    Each resample draws as many test objects as the matrix holds, with replacement, i.e. a multinomial draw over
+    its cells -- the same as resampling the objects, without needing them on the driver.
+
+    Parameters
+    ----------
+    cm : array-like of int, shape (k, k)
+    class_names : sequence of str
+    resamples : int
+    level : float
+        Coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
+    seed : int
+        Fixed, so a report is reproducible.
+
+    Returns
+    -------
+    dict
+        ``{"level", "resamples", "accuracy": [lo, hi], "f1_macro": [lo, hi], "per_class": {name: {"f1": [lo, hi]}}}``.
+    """
+    matrix = np.asarray(cm, dtype=np.int64)
+    k = matrix.shape[0]
+    n = int(matrix.sum())
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, matrix.ravel() / n, size=resamples).reshape(resamples, k, k)
+    accuracy = np.trace(draws, axis1=1, axis2=2) / n
+    f1 = _f1_from_counts(draws)
+    tails = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+
+    def interval(values: np.ndarray) -> list[float]:
+        low, high = np.percentile(values, tails)
+        return [float(low), float(high)]
+
+    return {"level": level, "resamples": resamples, "accuracy": interval(accuracy),
+            "f1_macro": interval(f1.mean(axis=1)),
+            "per_class": {str(name): {"f1": interval(f1[:, i])} for i, name in enumerate(class_names)}}
 
 
 def _as_proba_array(proba, n_samples: int, n_classes: int) -> np.ndarray:

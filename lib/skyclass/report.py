@@ -78,6 +78,7 @@ def render_markdown(report: Mapping) -> str:
             rows = {result_label(by_key[k]): by_key[k]["metrics"] for k in comparison["keys"] if k in by_key}
             if rows:
                 lines += [f"### {comparison['title']}", "", comparison_table(rows, _columns(rows)), ""]
+                lines += _interval_table(rows, names)
 
     feature_sets = []
     for entry in results:
@@ -136,6 +137,26 @@ def _headline_section(entry: Mapping, names: Sequence[str]) -> list[str]:
     lines += ["| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for name, row in zip(names, metrics["confusion_matrix"]):
         lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |")
+    return lines + [""]
+
+
+def _interval_table(rows: Mapping[str, Mapping], names: Sequence[str]) -> list[str]:
+    """95% bootstrap intervals beside each other: where they overlap, this test split cannot rank the models."""
+    with_intervals = {label: m["ci95"] for label, m in rows.items() if m.get("ci95")}
+    if not with_intervals:
+        return []
+
+    def cell(value: float, interval) -> str:
+        return f"{value:.4f} ({interval[0]:.4f}–{interval[1]:.4f})"
+
+    header = ["model", "accuracy", "macro F1", *(f"{name} F1" for name in names)]
+    lines = ["95% intervals (bootstrap of the test objects); where two intervals overlap, the test split does not "
+             "tell the models apart.", "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for label, ci in with_intervals.items():
+        m = rows[label]
+        cells = [cell(m["accuracy"], ci["accuracy"]), cell(m["f1_macro"], ci["f1_macro"])]
+        cells += [cell(m["per_class"][name]["f1"], ci["per_class"][name]["f1"]) for name in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
