@@ -57,6 +57,10 @@ def test_markdown_labels_simulated_results_and_says_the_class_mix_is_not_the_sky
     # Accuracy 26/30, QSO recall 9/10 and precision 9/11.
     assert "accuracy **0.8667**" in text
     assert f"| QSO | {9 / 11:.4f} | 0.9000 |" in text
+    real[0]["accuracy_by_r_mag"] = [{"min": None, "max": 18.0, "n": 20, "accuracy": 0.95},
+                                    {"min": 18.0, "max": None, "n": 10, "accuracy": 0.7}]
+    text = render_markdown(_report(real))
+    assert "| <18 | 20 | 0.9500 |" in text and "| ≥18 | 10 | 0.7000 |" in text
     # The comparison shows each model's interval around its accuracy (26/30 = 0.8667).
     ci = real[0]["metrics"]["ci95"]["accuracy"]
     assert f"| Tabular network [photometric] | 0.8667 ({ci[0]:.4f}–{ci[1]:.4f}) |" in text
@@ -68,6 +72,20 @@ def test_markdown_labels_simulated_results_and_says_the_class_mix_is_not_the_sky
     assert text.count(SIMULATED_BANNER) == 1
     assert "| Multimodal network [photometric] (SIMULATED) |" in text
     assert "| Tabular network [photometric] |" in text  # real results stay unlabelled
+
+
+def test_accuracy_by_magnitude_bins_hand_counted(spark):
+    from skyclass.evaluate import accuracy_by_magnitude
+
+    rows = [(0, 0, 14.2), (1, 1, 14.9),           # r < 15: 2 of 2 right
+            (2, 2, 15.0), (2, 0, 15.5), (1, 1, 15.99),  # 15-16: 2 of 3 (15.0 belongs to this bin)
+            (0, 1, 22.0), (0, 2, 23.4),           # >= 22: 0 of 2
+            (1, 1, None), (2, 2, float("nan"))]   # no r: left out
+    scored = spark.createDataFrame(rows, "label int, prediction int, r double")
+    assert accuracy_by_magnitude(scored, (15.0, 16.0, 22.0)) == [
+        {"min": None, "max": 15.0, "n": 2, "accuracy": 1.0},
+        {"min": 15.0, "max": 16.0, "n": 3, "accuracy": 2 / 3},
+        {"min": 22.0, "max": None, "n": 2, "accuracy": 0.0}]
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +228,11 @@ def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
         assert got["per_class"][cls]["roc_auc"] == pytest.approx(expected["per_class"][cls]["roc_auc"], abs=1e-6)
     assert report["test_rows"] == len(test) == got["n"]
     assert result.accuracy == got["accuracy"] and result.test_rows == len(test)
+    # Accuracy by r magnitude: every test object in exactly one bin, the bins' right answers adding up.
+    bins = by_key["tabular-photometric"]["accuracy_by_r_mag"]
+    assert sum(b["n"] for b in bins) == len(test)
+    right = (proba.argmax(1) == test["label"].to_numpy()).sum()
+    assert sum(round(b["n"] * b["accuracy"]) for b in bins) == right
 
     # Simulated labelling: the multimodal result, its figures and the Markdown; the tabular ones stay clean.
     assert report["simulated_results"] == ["multimodal-paper"] and result.simulated
@@ -218,7 +241,8 @@ def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
     assert "not the sky's" in markdown
     figures = {f["file"]: f for f in report["figures"]}
     for name in ("confusion_tabular-photometric.png", "roc_tabular-photometric.png",
-                 "curves_tabular-photometric.png", "confusion_multimodal-paper.png", "roc_multimodal-paper.png",
+                 "curves_tabular-photometric.png", "accuracy_by_r_tabular-photometric.png",
+                 "confusion_multimodal-paper.png", "roc_multimodal-paper.png",
                  "curves_multimodal-paper_tabular.png", "per_class_f1_photometric.png", "per_class_f1_paper.png"):
         assert name in figures, name
         assert f"]({name})" in markdown

@@ -48,6 +48,11 @@ def _draw(kind, path, simulated, scored_test_set, results):
         return plots.plot_per_class_f1(results, path, title="per-class F1", simulated=simulated)
     if kind == "roc":
         return plots.plot_roc_curves(y_true, proba, CLASS_NAMES, path, title="ROC", simulated=simulated)
+    if kind == "magnitude":
+        bins = [{"min": None, "max": 16.0, "n": 800, "accuracy": 0.97}, {"min": 16.0, "max": 20.0, "n": 3000,
+                                                                          "accuracy": 0.95},
+                {"min": 20.0, "max": None, "n": 400, "accuracy": 0.8}]
+        return plots.plot_accuracy_by_magnitude(bins, path, title="by magnitude", simulated=simulated)
     raise AssertionError(kind)
 
 
@@ -61,7 +66,7 @@ def _banner_pixel_count(rgb):
     return int(np.all(rgb == BANNER_RGB, axis=-1).sum())
 
 
-@pytest.mark.parametrize("kind", ["confusion", "curves", "f1", "roc"])
+@pytest.mark.parametrize("kind", ["confusion", "curves", "f1", "roc", "magnitude"])
 def test_plot_writes_valid_nonblank_png_and_simulated_banner_changes_it(kind, tmp_path, scored_test_set, results):
     plain_path = tmp_path / "new" / "dirs" / f"{kind}.png"  # parents do not exist yet
     simulated_path = tmp_path / f"{kind}_simulated.png"
@@ -131,3 +136,8 @@ def test_per_class_f1_requires_same_classes(tmp_path, results):
     broken = {"a": results["multimodal"], "b": {"per_class": {"GALAXY": {"f1": 0.5}}}}
     with pytest.raises(ValueError, match="'b' has no per_class\\['STAR'\\]"):
         plots.plot_per_class_f1(broken, tmp_path / "f1.png", title="t")
+
+
+def test_magnitude_bin_labels_show_open_ends():
+    assert [plots.magnitude_bin_label(lo, hi) for lo, hi in [(None, 15.0), (15.0, 16.0), (22.0, None)]] == \
+        ["<15", "15–16", "≥22"]

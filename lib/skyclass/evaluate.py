@@ -49,7 +49,10 @@ ROC_PLOT_MAX_ROWS = 200_000
 # Rows handed to a Keras model at once (decoded 64 px images: ~50 MB of float32 per 1,000 rows).
 PREDICT_CHUNK_ROWS = 1024
 MODE_TITLES = {"tabular": "Tabular network", "image": "Image network", "multimodal": "Multimodal network"}
-SCORED_SCHEMA = "label int, prediction int, scores array<double>, cutout_used boolean"
+SCORED_SCHEMA = "label int, prediction int, scores array<double>, cutout_used boolean, r double"
+# Edges of the r-magnitude bins of the accuracy-by-magnitude table and figure (open-ended below and above): SDSS
+# saturates near 14, the spectroscopic samples thin out past 21, and most errors sit at the faint end.
+R_MAG_EDGES = (15.0, 16.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0)
 
 
 class EvaluationError(SkyclassError):
@@ -263,6 +266,7 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
     scored = score_test_split(test_df, path, package, batch_rows=batch_rows).cache()
     try:
         metrics = scored_metrics(scored, "scores", class_names)
+        by_magnitude = accuracy_by_magnitude(scored)
         rows_without_cutout = 0
         if package.mode != "tabular":
             rows_without_cutout = scored.where("NOT cutout_used").count()
@@ -272,7 +276,7 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
     entry = {"key": key, "kind": "network", "title": title, "mode": package.mode,
              "feature_set": package.feature_set, "version": package.version, "package": path,
              "simulated": simulated, "metrics": metrics, "rows_without_cutout": int(rows_without_cutout),
-             "predict_seconds": round(time.monotonic() - started, 2)}
+             "accuracy_by_r_mag": by_magnitude, "predict_seconds": round(time.monotonic() - started, 2)}
 
     def add(file: str, caption: str, is_simulated: bool) -> None:
         figures.append({"file": file, "caption": caption, "simulated": is_simulated})
@@ -286,6 +290,11 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
                               simulated=simulated)
         add(f"roc_{key}.png", f"ROC curves (one vs rest) — {title} {package.version} [{package.feature_set}]",
             simulated)
+    if by_magnitude:
+        plots.plot_accuracy_by_magnitude(by_magnitude, os.path.join(out_dir, f"accuracy_by_r_{key}.png"),
+                                         title=f"Accuracy by r magnitude: {label}", simulated=simulated)
+        add(f"accuracy_by_r_{key}.png", f"Accuracy by r magnitude — {title} {package.version} "
+            f"[{package.feature_set}]", simulated)
     history = package.metadata.get("history") or {}
     if _has_curves(history):
         plots.plot_training_curves(history, os.path.join(out_dir, f"curves_{key}.png"),
@@ -322,12 +331,47 @@ def score_test_split(test_df, path: str, package, *, batch_rows: int):
     EvaluationError
         The test split lacks a column the package needs.
     """
-    columns = ["label", *package.features] + (["jpeg"] if package.mode != "tabular" else [])
+    columns = list(dict.fromkeys(["label", *package.features] + (["jpeg"] if package.mode != "tabular" else [])))
     missing = [c for c in columns if c not in test_df.columns]
     if missing:
         raise EvaluationError(f"the test split has no column {missing[0]!r} that package {path} needs; rebuild the "
                               "training table (skyclass table)")
+    # r travels along for the accuracy-by-magnitude table, whether or not the package uses it.
+    if "r" in test_df.columns and "r" not in columns:
+        columns.append("r")
     return test_df.select(*columns).mapInPandas(_PackageScorer(path, batch_rows), SCORED_SCHEMA)
+
+
+def accuracy_by_magnitude(scored, edges: Sequence[float] = R_MAG_EDGES) -> list[dict]:
+    """Accuracy of a scored test split per r-magnitude bin, aggregated in Spark (one row per bin to the driver).
+
+    Parameters
+    ----------
+    scored : pyspark.sql.DataFrame
+        ``label``, ``prediction`` and ``r`` (rows with a null or NaN r are left out).
+    edges : sequence of float
+        Increasing bin edges; the first and last bins are open-ended.
+
+    Returns
+    -------
+    list of dict
+        Non-empty bins in magnitude order: ``{"min", "max", "n", "accuracy"}`` (``min``/``max`` None when open).
+    """
+    from pyspark.sql import functions as F
+
+    r = F.col("r")
+    bin_index = F.lit(len(edges))
+    for k in reversed(range(len(edges))):
+        bin_index = F.when(r < edges[k], F.lit(k)).otherwise(bin_index)
+    rows = (scored.where(r.isNotNull() & ~F.isnan(r))
+            .groupBy(bin_index.alias("bin"))
+            .agg(F.count(F.lit(1)).alias("n"),
+                 F.sum((F.col("label") == F.col("prediction")).cast("long")).alias("correct"))
+            .collect())
+    bounds = [None, *[float(e) for e in edges], None]
+    return [{"min": bounds[row["bin"]], "max": bounds[row["bin"] + 1], "n": int(row["n"]),
+             "accuracy": float(row["correct"]) / int(row["n"])}
+            for row in sorted(rows, key=lambda row: row["bin"])]
 
 
 class _PackageScorer:
@@ -348,6 +392,8 @@ class _PackageScorer:
                     "prediction": proba.argmax(axis=1).astype(np.int32),
                     "scores": list(proba.astype(np.float64)),
                     "cutout_used": cutout_used,
+                    "r": (pd.to_numeric(chunk["r"], errors="coerce").to_numpy(dtype=np.float64)
+                          if "r" in chunk.columns else np.full(len(chunk), np.nan)),
                 })
 
 

@@ -1,4 +1,5 @@
-"""Evaluation figures: confusion matrix, training curves, per-class F1 bars, one-vs-rest ROC curves.
+"""Evaluation figures: confusion matrix, training curves, per-class F1 bars, one-vs-rest ROC curves, accuracy by
+magnitude.
 
 Figures are built on :class:`matplotlib.figure.Figure` with an explicit Agg canvas, never through
 ``matplotlib.pyplot``: pyplot keeps global figure state and picks a GUI backend, neither of which is wanted in a
@@ -29,6 +30,7 @@ __all__ = [
     "plot_training_curves",
     "plot_per_class_f1",
     "plot_roc_curves",
+    "plot_accuracy_by_magnitude",
 ]
 
 logger = logging.getLogger(__name__)
@@ -308,4 +310,66 @@ def plot_roc_curves(y_true, proba, class_names: Sequence[str], path, *, title: s
     axes.set_ylabel("true positive rate")
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right", fontsize=9)
+    return _finish(figure, path, title=title, simulated=simulated)
+
+
+def magnitude_bin_label(low, high) -> str:
+    """``"<15"``, ``"15–16"``, ``"≥22"`` for a bin with open (None) or closed ends."""
+    if low is None:
+        return f"<{high:g}"
+    if high is None:
+        return f"≥{low:g}"
+    return f"{low:g}–{high:g}"
+
+
+def plot_accuracy_by_magnitude(bins: Sequence[Mapping], path, *, title: str, band: str = "r",
+                               simulated: bool = False) -> Path:
+    """Accuracy per magnitude bin with 95% binomial error bars, over the number of test objects per bin.
+
+    Parameters
+    ----------
+    bins : sequence of mapping
+        In magnitude order, each with ``min`` and ``max`` (None for an open end), ``n`` and ``accuracy``.
+    path : str or os.PathLike
+    title : str
+    band : str
+        Magnitude band, for the axis label.
+    simulated : bool
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        If ``bins`` is empty.
+    """
+    if not bins:
+        raise ValueError("plot_accuracy_by_magnitude needs at least one magnitude bin")
+    labels = [magnitude_bin_label(b["min"], b["max"]) for b in bins]
+    n = np.array([int(b["n"]) for b in bins], dtype=np.float64)
+    accuracy = np.array([float(b["accuracy"]) for b in bins])
+    half_width = 1.96 * np.sqrt(accuracy * (1.0 - accuracy) / np.maximum(n, 1.0))
+    x = np.arange(len(bins))
+
+    figure = _new_figure(max(6.5, 0.8 * len(bins) + 2.5), 4.6)
+    counts_axes = figure.add_subplot()
+    counts_axes.bar(x, n, color="#d9d9d9", width=0.8, label="test objects")
+    counts_axes.set_ylabel("test objects per bin", color="#7f7f7f")
+    counts_axes.set_xticks(x, labels=labels)
+    counts_axes.set_xlabel(f"{band} magnitude (modelMag)")
+    accuracy_axes = counts_axes.twinx()
+    # The accuracy is the point of the figure: its axis goes on the left, the counts' on the right.
+    accuracy_axes.yaxis.tick_left()
+    accuracy_axes.yaxis.set_label_position("left")
+    counts_axes.yaxis.tick_right()
+    counts_axes.yaxis.set_label_position("right")
+    accuracy_axes.errorbar(x, accuracy, yerr=half_width, color="#4c72b0", marker="o", capsize=3,
+                           label="accuracy (95% interval)")
+    low = float(np.min(accuracy - half_width))
+    accuracy_axes.set_ylim(max(0.0, min(low, 0.9) - 0.02), 1.0)
+    accuracy_axes.set_ylabel("accuracy")
+    accuracy_axes.grid(True, axis="y", alpha=0.3)
+    accuracy_axes.legend(fontsize=8, loc="lower left")
     return _finish(figure, path, title=title, simulated=simulated)

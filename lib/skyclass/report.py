@@ -137,6 +137,13 @@ def _headline_section(entry: Mapping, names: Sequence[str]) -> list[str]:
     lines += ["| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for name, row in zip(names, metrics["confusion_matrix"]):
         lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |")
+    bins = entry.get("accuracy_by_r_mag") or []
+    if bins:
+        from skyclass.plots import magnitude_bin_label
+
+        lines += ["", "Accuracy by r magnitude (errors gather where the photometry is faint):", "",
+                  "| r | test objects | accuracy |", "|---|---:|---:|"]
+        lines += [f"| {magnitude_bin_label(b['min'], b['max'])} | {b['n']} | {b['accuracy']:.4f} |" for b in bins]
     return lines + [""]
 
 
