@@ -320,6 +320,30 @@ def test_package_needing_redshift_cannot_score_the_photometric_catalog(spark, la
         score_catalog(spark, _conf(lake_root, tmp_path, model=path))
 
 
+def test_paper_package_scores_rows_with_the_redshift_encodings_computed_here(tmp_path):
+    from skyclass.models import build_model
+    from skyclass.package import keras_model_bytes, write_package
+
+    model = build_model("tabular", n_features=len(lake.PAPER_FEATURES), tabular_units=(8,), dropout=0.0)
+    blob = keras_model_bytes(model)
+    path = write_package(str(tmp_path / "models"), "paper", model_keras=blob, tabular_keras=blob, metadata={
+        "mode": "tabular", "features": list(lake.PAPER_FEATURES), "classes": list(CLASSES),
+        "normalisation": {f: {"mean": 0.0, "std": 1.0} for f in lake.PAPER_FEATURES}, "image_size_px": None})
+    frame = pd.DataFrame({"objid": np.array([1, 2, 3], np.int64), "u": [19.0, 20.0, 18.0], "g": [18.0, 19.5, 17.0],
+                          "r": [17.5, 19.0, 16.5], "i": [17.25, 18.8, 16.25], "z": [17.0, 18.7, 16.0],
+                          "redshift": [0.0, 0.001, 2.5]})
+    main, tabular = _models(path)
+    got = score_frame(frame, _spec(path), main, tabular)
+    # By hand, in PAPER_FEATURES order: magnitudes, colours, redshift, asinh(z / 0.001), z == 0.
+    mags = frame[list(lake.MAGNITUDES)].to_numpy()
+    colours = mags[:, :-1] - mags[:, 1:]
+    z = frame["redshift"].to_numpy()
+    x = np.column_stack([mags, colours, z, np.arcsinh(z / 0.001), [1.0, 0.0, 0.0]]).astype(np.float32)
+    expected = _predict(model, features=x)
+    np.testing.assert_allclose(got[["p_galaxy", "p_star", "p_qso"]].to_numpy(), expected, atol=1e-5)
+    assert got["status"].tolist() == [STATUS_OK] * 3
+
+
 def test_no_catalog_table_says_what_to_run(spark, packages, tmp_path):
     with pytest.raises(ScoreError, match="skyclass extract --photometric"):
         score_catalog(spark, _conf(tmp_path / "empty-lake", tmp_path, model=packages["v1"]))
