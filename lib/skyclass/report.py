@@ -141,7 +141,7 @@ def _headline_section(entry: Mapping, names: Sequence[str]) -> list[str]:
     if bins:
         from skyclass.plots import magnitude_bin_label
 
-        lines += ["", "Accuracy by r magnitude (errors gather where the photometry is faint):", "",
+        lines += ["", "Accuracy by r magnitude (95% intervals in the figure):", "",
                   "| r | test objects | accuracy |", "|---|---:|---:|"]
         lines += [f"| {magnitude_bin_label(b['min'], b['max'])} | {b['n']} | {b['accuracy']:.4f} |" for b in bins]
     return lines + [""]
