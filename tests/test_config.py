@@ -68,9 +68,21 @@ def test_bad_file_errors(tmp_path):
 
 
 def test_relative_lake_paths_resolve_against_repo_and_uris_pass():
-    conf = load_config(LOCAL, ["lake.models=hdfs:///m"])
-    assert conf.lake.table("catalog") == str(REPO_ROOT / "lake" / "catalog")
-    assert conf.lake.path("models") == "hdfs:///m"
+    conf = load_config(LOCAL, ["lake.root=hdfs:///lake", "lake.models=/mnt/m"])
+    assert conf.lake.table("catalog") == "hdfs:///lake/catalog"
+    assert conf.lake.path("models") == "/mnt/m"
+    assert load_config(LOCAL).lake.table("catalog") == str(REPO_ROOT / "lake" / "catalog")
+
+
+@pytest.mark.parametrize("item", ["lake.models=hdfs:///m", "lake.reports=s3a://bucket/r",
+                                  "evaluate.output=hdfs:///r/v1"])
+def test_folders_written_with_file_io_refuse_uris(item):
+    with pytest.raises(ConfigError, match=rf"{item.split('=')[0]} must be a local or mounted folder"):
+        load_config(LOCAL, [item])
+
+
+def test_cluster_config_keeps_reports_on_a_shared_mount():
+    assert load_config(CLUSTER).lake.path("reports") == "/mnt/skyclass/reports"
 
 
 def test_to_dict_is_plain_data():

@@ -9,6 +9,7 @@ import pytest
 
 from skyclass.metrics import (
     bootstrap_intervals,
+    mcnemar_exact_p,
     DEFAULT_CLASS_NAMES,
     classification_metrics,
     comparison_table,
@@ -355,3 +356,18 @@ def test_metrics_carry_reproducible_intervals_around_the_point_estimates():
     low, high = first["ci95"]["f1_macro"]
     assert low < first["f1_macro"] < high
     json.dumps(first)
+
+
+def test_mcnemar_exact_p_hand_computed():
+    # 5 disagreements, all won by the first model: 2 * (1/2)^5 = 0.0625.
+    assert mcnemar_exact_p(5, 0) == pytest.approx(0.0625)
+    assert mcnemar_exact_p(0, 5) == pytest.approx(0.0625)
+    # 10 disagreements split 8:2: 2 * (C(10,0) + C(10,1) + C(10,2)) / 2^10 = 2 * 56 / 1024.
+    assert mcnemar_exact_p(8, 2) == pytest.approx(112 / 1024)
+    assert mcnemar_exact_p(7, 7) == 1.0 and mcnemar_exact_p(0, 0) == 1.0
+    # Large counts stay finite and agree with the normal approximation: z = (b - c) / sqrt(b + c).
+    p = mcnemar_exact_p(52_000, 50_000)
+    z = 2_000 / math.sqrt(102_000)
+    assert p == pytest.approx(math.erfc(z / math.sqrt(2)), rel=0.05)
+    with pytest.raises(ValueError, match=">= 0"):
+        mcnemar_exact_p(-1, 3)

@@ -68,6 +68,12 @@ class LakeConfig:
     predictions: str = "predictions"
     reports: str = "reports"
 
+    def validate(self, where: str) -> None:
+        # Keras files and the report's PNG/Markdown are written with plain file I/O on the driver: a cluster keeps
+        # them on a shared mount, never behind an hdfs:// or s3a:// URI.
+        _local_path(self.models, f"{where}.models", "model packages")
+        _local_path(self.reports, f"{where}.reports", "evaluation reports")
+
     def path(self, name: str) -> str:
         """Resolved location of one of ``root``, ``models``, ``predictions``, ``reports``."""
         return resolve_path(getattr(self, name))
@@ -203,6 +209,8 @@ class EvaluateConfig:
     def validate(self, where: str) -> None:
         for fs in self.feature_sets:
             _choice(fs, FEATURE_SETS, f"{where}.feature_sets")
+        if self.output is not None:
+            _local_path(self.output, f"{where}.output", "the evaluation report")
 
 
 @dataclass(frozen=True)
@@ -250,6 +258,12 @@ class Config:
     def replace(self, **sections: Any) -> "Config":
         """A copy with whole sections replaced, e.g. ``conf.replace(train=dataclasses.replace(conf.train, epochs=1))``."""
         return dataclasses.replace(self, **sections)
+
+
+def _local_path(value: str, where: str, what: str) -> None:
+    if "://" in value and not value.startswith("file://"):
+        raise ConfigError(f"{where} must be a local or mounted folder ({what} are written with file I/O), got "
+                          f"{value!r}; on a cluster use a shared mount such as /mnt/skyclass/...")
 
 
 def resolve_path(path: str) -> str:

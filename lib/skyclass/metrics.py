@@ -31,6 +31,7 @@ __all__ = [
     "classification_metrics",
     "metrics_from_confusion",
     "bootstrap_intervals",
+    "mcnemar_exact_p",
     "roc_curve",
     "roc_auc",
     "comparison_table",
@@ -229,6 +230,42 @@ def bootstrap_intervals(cm, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, *,
     return {"level": level, "resamples": resamples, "accuracy": interval(accuracy),
             "f1_macro": interval(f1.mean(axis=1)),
             "per_class": {str(name): {"f1": interval(f1[:, i])} for i, name in enumerate(class_names)}}
+
+
+def mcnemar_exact_p(only_first_right: int, only_second_right: int) -> float:
+    """Two-sided exact McNemar test of two classifiers scored on the same objects.
+
+    Only the objects exactly one of the two gets right carry information: if the classifiers were equally good,
+    each such object would be the first's with probability 1/2. The p-value is the two-sided binomial tail of the
+    smaller count, computed in log space so that counts in the hundreds of thousands are fine.
+
+    Parameters
+    ----------
+    only_first_right, only_second_right : int
+        Objects only the first (second) classifier labels correctly.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 1.0 when neither count is positive.
+
+    Raises
+    ------
+    ValueError
+        A negative count.
+    """
+    b, c = int(only_first_right), int(only_second_right)
+    if b < 0 or c < 0:
+        raise ValueError(f"counts of disagreements must be >= 0, got {b} and {c}")
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    log_half_n = n * math.log(0.5)
+    log_terms = np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + log_half_n
+                          for j in range(k + 1)])
+    top = float(log_terms.max())
+    tail = math.exp(top) * float(np.exp(log_terms - top).sum())
+    return float(min(1.0, 2.0 * tail))
 
 
 def _as_proba_array(proba, n_samples: int, n_classes: int) -> np.ndarray:
