@@ -155,7 +155,8 @@ def summarise(report: dict, feature_sets) -> dict:
         row = {"network": _numbers(network), "best_baseline": _numbers(best),
                "best_baseline_name": best["title"] if best else None,
                "baselines": {r["title"]: _numbers(r) for r in baselines},
-               "targets": TARGETS[feature_set], "reference_gbt": REFERENCE_GBT[feature_set]}
+               "targets": TARGETS[feature_set], "reference_gbt": REFERENCE_GBT[feature_set],
+               "paired": _paired(report, feature_set)}
         checks = {}
         if network:
             checks["accuracy_target"] = network["metrics"]["accuracy"] >= TARGETS[feature_set]["accuracy"]
@@ -210,8 +211,8 @@ def render(summary: dict) -> str:
             lines.append(f"| {name} | {n['accuracy']:.4f} | {n['QSO_f1']:.4f} | {n['STAR_f1']:.4f} | "
                          f"{n['GALAXY_f1']:.4f} | {n['f1_macro']:.4f} | {auc} | {_interval(n['accuracy_ci95'])} | "
                          f"{_interval(n['QSO_f1_ci95'])} |")
-        lines += ["", _separation(row), "", "checks: " + (", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in row["checks"].items())
-                                    or "no network result"), ""]
+        checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in row["checks"].items())
+        lines += ["", _separation(row), "", "checks: " + (checks or "no network result"), ""]
     lines += ["## Run", "", "stage seconds: " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()),
               "", "training settings (conf.train): `" + json.dumps(summary["train_settings"]) + "`", "",
               "overrides: " + " ".join(f"`--set {o}`" for o in summary["overrides"]), ""]
@@ -222,18 +223,27 @@ def _interval(interval) -> str:
     return f"{interval[0]:.4f}–{interval[1]:.4f}" if interval else "n/a"
 
 
+def _paired(report: dict, feature_set: str):
+    """The evaluation's object-by-object comparison of our network with the best baseline, if it made one."""
+    for comparison in report.get("comparisons") or []:
+        if comparison["feature_set"] == feature_set:
+            return (comparison.get("paired") or {}).get(f"tabular-{feature_set}")
+    return None
+
+
 def _separation(row: dict) -> str:
-    """One sentence: is the network's lead (or lag) over the best baseline bigger than the test split can resolve?"""
-    network, best = row["network"], row["best_baseline"]
-    if not network or not best or not network.get("accuracy_ci95") or not best.get("accuracy_ci95"):
+    """One sentence: is the network's lead (or lag) over the best baseline more than chance on this test split?"""
+    network, best, paired = row["network"], row["best_baseline"], row.get("paired")
+    if not network or not best:
         return "no network/baseline pair to compare"
-    difference = network["accuracy"] - best["accuracy"]
-    (n_low, n_high), (b_low, b_high) = network["accuracy_ci95"], best["accuracy_ci95"]
-    overlap = n_low <= b_high and b_low <= n_high
-    verdict = ("the 95% intervals overlap: this test split cannot tell the two apart" if overlap
-               else "the 95% intervals are disjoint")
-    return (f"network minus best baseline ({row['best_baseline_name']}): accuracy {difference:+.4f}, "
-            f"QSO F1 {network['QSO_f1'] - best['QSO_f1']:+.4f}; {verdict}.")
+    text = (f"network minus best baseline ({row['best_baseline_name']}): "
+            f"accuracy {network['accuracy'] - best['accuracy']:+.4f}, QSO F1 {network['QSO_f1'] - best['QSO_f1']:+.4f}")
+    if paired:
+        verdict = "significant" if paired["p_value"] < 0.05 else "not significant"
+        text += (f"; paired on {paired['objects']} objects, only the network right on {paired['only_first_right']}, "
+                 f"only the baseline on {paired['only_second_right']}: exact McNemar p = {paired['p_value']:.3g} "
+                 f"({verdict} at 5%)")
+    return text + "."
 
 
 if __name__ == "__main__":

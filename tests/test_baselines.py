@@ -67,6 +67,22 @@ def all_baselines(separable):
     return {r.name: r for r in results}, test.count()
 
 
+def test_predictions_are_written_per_object_and_agree_with_the_metrics(spark, separable, tmp_path):
+    train, test = separable
+    folder = f"file://{tmp_path}/predictions"
+    (result,) = run_baselines(train, test, "photometric", feature_names("photometric"), ["decision_tree"],
+                              params=FAST_PARAMS, predictions_dir=folder)
+    written = spark.read.parquet(f"{folder}/decision_tree-photometric").toPandas()
+    expected = test.select("objid", "label").toPandas()
+    assert sorted(written["objid"]) == sorted(expected["objid"])  # every test object once
+    merged = written.merge(expected, on="objid", suffixes=("", "_table"))
+    assert (merged["label"] == merged["label_table"]).all()
+    assert (merged["label"] == merged["prediction"]).mean() == pytest.approx(result.metrics["accuracy"])
+    with pytest.raises(BaselineError, match="objid"):
+        run_baselines(train, test.drop("objid"), "photometric", feature_names("photometric"), ["decision_tree"],
+                      predictions_dir=folder)
+
+
 @pytest.mark.slow  # seven Spark ML fits plus three exact AUCs each: ~30 s on an idle 2-core machine
 @pytest.mark.parametrize("name", BASELINE_NAMES)
 def test_each_baseline_learns_a_separable_problem(all_baselines, name):

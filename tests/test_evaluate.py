@@ -65,6 +65,14 @@ def test_markdown_labels_simulated_results_and_says_the_class_mix_is_not_the_sky
     ci = real[0]["metrics"]["ci95"]["accuracy"]
     assert f"| Tabular network [photometric] | 0.8667 ({ci[0]:.4f}–{ci[1]:.4f}) |" in text
     assert ci[0] < 26 / 30 < ci[1]
+    report = _report(real)
+    report["comparisons"][0]["paired"] = {"tabular-photometric": {
+        "objects": 30, "both_right": 24, "only_first_right": 2, "only_second_right": 2, "both_wrong": 2,
+        "p_value": 1.0}}
+    text = render_markdown(report)
+    assert ("Paired on the same 30 test objects: only Tabular network [photometric] right on 2, only GBT "
+            "[photometric] right on 2") in text
+    assert "exact McNemar p = 1: no significant difference at the 5% level." in text
 
     with_image = real + [_entry("multimodal-photometric", "network", "photometric", cm, simulated=True,
                                 title="Multimodal network")]
@@ -86,6 +94,20 @@ def test_accuracy_by_magnitude_bins_hand_counted(spark):
         {"min": None, "max": 15.0, "n": 2, "accuracy": 1.0},
         {"min": 15.0, "max": 16.0, "n": 3, "accuracy": 2 / 3},
         {"min": 22.0, "max": None, "n": 2, "accuracy": 0.0}]
+
+
+def test_paired_comparison_counts_agreements_object_by_object(spark, tmp_path):
+    from skyclass.evaluate import paired_comparison
+
+    # objid: label, first model's prediction, second model's prediction.
+    table = {1: (0, 0, 0), 2: (1, 1, 0), 3: (2, 2, 1), 4: (2, 0, 2), 5: (1, 0, 0), 6: (0, 0, 0), 7: (1, 1, 1)}
+    for index, name in ((1, "first"), (2, "second")):
+        rows = [(objid, values[0], values[index]) for objid, values in table.items()]
+        spark.createDataFrame(rows, "objid long, label int, prediction int").write.parquet(str(tmp_path / name))
+    got = paired_comparison(spark, str(tmp_path / "first"), str(tmp_path / "second"))
+    # Both right: 1, 6, 7; only the first: 2, 3; only the second: 4; neither: 5. p = 2 * (1 + 3) / 2^3 = 1.
+    assert got == {"objects": 7, "both_right": 3, "only_first_right": 2, "only_second_right": 1, "both_wrong": 1,
+                   "p_value": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +250,18 @@ def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
         assert got["per_class"][cls]["roc_auc"] == pytest.approx(expected["per_class"][cls]["roc_auc"], abs=1e-6)
     assert report["test_rows"] == len(test) == got["n"]
     assert result.accuracy == got["accuracy"] and result.test_rows == len(test)
+    # Per-object predictions of the network and of every baseline, and the paired comparison built from them.
+    written = spark.read.parquet(os.path.join(result.path, by_key["tabular-photometric"]["predictions"])).toPandas()
+    assert sorted(written["objid"]) == sorted(test["objid"])
+    by_objid = written.set_index("objid").loc[test["objid"]]
+    np.testing.assert_array_equal(by_objid["prediction"].to_numpy(), proba.argmax(1))
+    comparison = report["comparisons"][0]
+    paired = comparison["paired"]["tabular-photometric"]
+    best_metrics = by_key[comparison["best_baseline"]]["metrics"]
+    assert paired["objects"] == len(test)
+    assert paired["only_first_right"] - paired["only_second_right"] == round(
+        (got["accuracy"] - best_metrics["accuracy"]) * len(test))
+    assert "exact McNemar p =" in markdown
     # Accuracy by r magnitude: every test object in exactly one bin, the bins' right answers adding up.
     bins = by_key["tabular-photometric"]["accuracy_by_r_mag"]
     assert sum(b["n"] for b in bins) == len(test)

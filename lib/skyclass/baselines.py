@@ -288,9 +288,19 @@ def scored_metrics(predictions, score_col: Optional[str], class_names: Sequence[
     return metrics
 
 
+def write_predictions(scored, path: str) -> None:
+    """Write ``objid, label, prediction`` (integers) of a scored test split to ``path`` as Parquet, replacing it."""
+    from pyspark.sql import functions as F
+
+    (scored.select("objid", F.col("label").cast("int").alias("label"),
+                   F.col("prediction").cast("int").alias("prediction"))
+     .write.mode("overwrite").parquet(path))
+
+
 def run_baselines(train_df, test_df, feature_set: str, features: Sequence[str],
                   names: Sequence[str] = BASELINE_NAMES, *, params: Optional[Mapping[str, Mapping]] = None,
-                  class_names: Sequence[str] = CLASSES, seed: int = 0) -> list[BaselineResult]:
+                  class_names: Sequence[str] = CLASSES, seed: int = 0,
+                  predictions_dir: Optional[str] = None) -> list[BaselineResult]:
     """Fit each named baseline on the train split and measure it on the test split.
 
     Parameters
@@ -307,6 +317,10 @@ def run_baselines(train_df, test_df, feature_set: str, features: Sequence[str],
         Per-baseline parameter overrides, e.g. ``{"gbt": {"maxIter": 5}}``.
     class_names : sequence of str
     seed : int
+    predictions_dir : str, optional
+        Spark-writable folder (a URL for local paths, e.g. ``file:///...``): each baseline's test predictions
+        (``objid, label, prediction``) go to ``<predictions_dir>/<name>-<feature_set>`` as Parquet, for paired
+        comparisons and for looking at the misclassified objects. Needs ``objid`` in ``test_df``.
 
     Returns
     -------
@@ -326,9 +340,13 @@ def run_baselines(train_df, test_df, feature_set: str, features: Sequence[str],
         if missing:
             raise BaselineError(f"the {split} split has no column {missing[0]!r}; rebuild the training table "
                                 "(skyclass table)")
+    if predictions_dir is not None and "objid" not in test_df.columns:
+        raise BaselineError("the test split has no column 'objid' to key the predictions by; rebuild the training "
+                            "table (skyclass table)")
+    keys = ["objid"] if predictions_dir is not None else []
     preparation = fit_preparation(train_df, features)
     train_ready = preparation.transform(train_df).select(_FEATURES, _LABEL).cache()
-    test_ready = preparation.transform(test_df).select("label", _FEATURES, _LABEL).cache()
+    test_ready = preparation.transform(test_df).select(*keys, "label", _FEATURES, _LABEL).cache()
     try:
         n_train = train_ready.count()
         n_test = test_ready.count()
@@ -347,9 +365,11 @@ def run_baselines(train_df, test_df, feature_set: str, features: Sequence[str],
             score_col = "probability" if "probability" in scored.columns else "rawPrediction"
             # Four jobs read the predictions (confusion matrix, three AUCs): score once. OneVsRest's transform in
             # particular runs every binary model again each time.
-            scored = scored.select("label", "prediction", score_col).cache()
+            scored = scored.select(*keys, "label", "prediction", score_col).cache()
             try:
                 metrics = scored_metrics(scored, score_col, class_names, label_col="label")
+                if predictions_dir is not None:
+                    write_predictions(scored, f"{predictions_dir.rstrip('/')}/{name}-{feature_set}")
             finally:
                 scored.unpersist()
             results.append(BaselineResult(name, feature_set, tuple(features), metrics,

@@ -18,6 +18,12 @@ How metrics are computed
     MLlib's exact binary evaluator. Only the ROC *figures* collect scores to the driver (a sample of at most
     :data:`ROC_PLOT_MAX_ROWS` rows).
 
+What is kept
+    Every model's per-object test predictions (``objid, label, prediction``) as Parquet under
+    ``<report>/predictions/<key>/``: to look at the misclassified objects, and for the paired (McNemar) comparison
+    of each network with the best baseline on the same objects, counted by a Spark join. Each model also gets 95%
+    bootstrap intervals (:func:`skyclass.metrics.bootstrap_intervals`) and, for networks, accuracy by r magnitude.
+
 Simulated cutouts
     Image and multimodal results are labelled SIMULATED (tables, figures, a banner in report.md) unless
     ``evaluate.cutouts_are_simulated`` is false and the training table's stats.json does not say
@@ -37,10 +43,12 @@ import numpy as np
 import pandas as pd
 
 from skyclass import lake
-from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics
+from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics, write_predictions
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
 from skyclass.features import decode_jpegs, feature_names, standardise
+from skyclass.input_pipeline import dataset_url
+from skyclass.metrics import mcnemar_exact_p
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,9 @@ ROC_PLOT_MAX_ROWS = 200_000
 # Rows handed to a Keras model at once (decoded 64 px images: ~50 MB of float32 per 1,000 rows).
 PREDICT_CHUNK_ROWS = 1024
 MODE_TITLES = {"tabular": "Tabular network", "image": "Image network", "multimodal": "Multimodal network"}
-SCORED_SCHEMA = "label int, prediction int, scores array<double>, cutout_used boolean, r double"
+SCORED_SCHEMA = "objid long, label int, prediction int, scores array<double>, cutout_used boolean, r double"
+# Per-object test predictions of every model (objid, label, prediction), under the report folder.
+PREDICTIONS_FOLDER = "predictions"
 # Edges of the r-magnitude bins of the accuracy-by-magnitude table and figure (open-ended below and above): SDSS
 # saturates near 14, the spectroscopic samples thin out past 21, and most errors sit at the faint end.
 R_MAG_EDGES = (15.0, 16.0, 17.0, 18.0, 19.0, 20.0, 21.0, 22.0)
@@ -138,13 +148,21 @@ def evaluate(spark, conf) -> EvaluationResult:
 
         for feature_set in conf.evaluate.feature_sets:
             for baseline in run_baselines(train_df, test_df, feature_set, feature_names(feature_set),
-                                          conf.evaluate.baselines, class_names=class_names):
-                results.append({"key": f"{baseline.name}-{feature_set}", "kind": "baseline",
+                                          conf.evaluate.baselines, class_names=class_names,
+                                          predictions_dir=_predictions_url(out_dir, "")):
+                key = f"{baseline.name}-{feature_set}"
+                results.append({"key": key, "kind": "baseline",
                                 "title": baseline.title, "feature_set": feature_set, "simulated": False,
                                 "metrics": baseline.metrics, "fit_seconds": baseline.fit_seconds,
-                                "params": baseline.to_dict()["params"], "score_column": baseline.score_column})
+                                "params": baseline.to_dict()["params"], "score_column": baseline.score_column,
+                                "predictions": f"{PREDICTIONS_FOLDER}/{key}"})
 
         comparisons = best_baseline_comparisons(results)
+        for comparison in comparisons:
+            best = comparison["best_baseline"]
+            comparison["paired"] = {
+                key: paired_comparison(spark, _predictions_url(out_dir, key), _predictions_url(out_dir, best))
+                for key in comparison["keys"] if key != best}
         _plot_comparisons(results, comparisons, class_names, out_dir, figures)
         headline_entry = results[0]
         report = {
@@ -267,6 +285,7 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
     try:
         metrics = scored_metrics(scored, "scores", class_names)
         by_magnitude = accuracy_by_magnitude(scored)
+        write_predictions(scored, _predictions_url(out_dir, key))
         rows_without_cutout = 0
         if package.mode != "tabular":
             rows_without_cutout = scored.where("NOT cutout_used").count()
@@ -276,7 +295,8 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
     entry = {"key": key, "kind": "network", "title": title, "mode": package.mode,
              "feature_set": package.feature_set, "version": package.version, "package": path,
              "simulated": simulated, "metrics": metrics, "rows_without_cutout": int(rows_without_cutout),
-             "accuracy_by_r_mag": by_magnitude, "predict_seconds": round(time.monotonic() - started, 2)}
+             "accuracy_by_r_mag": by_magnitude, "predictions": f"{PREDICTIONS_FOLDER}/{key}",
+             "predict_seconds": round(time.monotonic() - started, 2)}
 
     def add(file: str, caption: str, is_simulated: bool) -> None:
         figures.append({"file": file, "caption": caption, "simulated": is_simulated})
@@ -310,8 +330,8 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
 
 
 def score_test_split(test_df, path: str, package, *, batch_rows: int):
-    """Spark DataFrame of ``label, prediction, scores (array of class probabilities), cutout_used`` for every test
-    row, scored per Arrow batch by the package's models.
+    """Spark DataFrame of ``objid, label, prediction, scores (array of class probabilities), cutout_used, r`` for
+    every test row, scored per Arrow batch by the package's models.
 
     Parameters
     ----------
@@ -331,7 +351,8 @@ def score_test_split(test_df, path: str, package, *, batch_rows: int):
     EvaluationError
         The test split lacks a column the package needs.
     """
-    columns = list(dict.fromkeys(["label", *package.features] + (["jpeg"] if package.mode != "tabular" else [])))
+    columns = list(dict.fromkeys(["objid", "label", *package.features]
+                                 + (["jpeg"] if package.mode != "tabular" else [])))
     missing = [c for c in columns if c not in test_df.columns]
     if missing:
         raise EvaluationError(f"the test split has no column {missing[0]!r} that package {path} needs; rebuild the "
@@ -340,6 +361,44 @@ def score_test_split(test_df, path: str, package, *, batch_rows: int):
     if "r" in test_df.columns and "r" not in columns:
         columns.append("r")
     return test_df.select(*columns).mapInPandas(_PackageScorer(path, batch_rows), SCORED_SCHEMA)
+
+
+def _predictions_url(out_dir: str, key: str) -> str:
+    # Spark writes beside the driver's files: a file:// URL, or a bare path would mean HDFS on a cluster.
+    return dataset_url(os.path.join(out_dir, PREDICTIONS_FOLDER, key))
+
+
+def paired_comparison(spark, first_path: str, second_path: str) -> dict:
+    """Two models' test predictions, object by object: agreement counts and the exact McNemar p-value.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    first_path, second_path : str
+        Parquet folders of ``objid, label, prediction`` (as written by :func:`write_predictions`).
+
+    Returns
+    -------
+    dict
+        ``objects`` (objids in both), ``both_right``, ``only_first_right``, ``only_second_right``, ``both_wrong``
+        and ``p_value`` (:func:`skyclass.metrics.mcnemar_exact_p`).
+    """
+    from pyspark.sql import functions as F
+
+    def right(path: str, name: str):
+        return spark.read.parquet(path).select("objid", (F.col("label") == F.col("prediction")).alias(name))
+
+    a, b = F.col("a"), F.col("b")
+    row = (right(first_path, "a").join(right(second_path, "b"), on="objid")
+           .agg(F.count(F.lit(1)).alias("objects"),
+                *(F.sum(condition.cast("long")).alias(name) for name, condition in (
+                    ("both_right", a & b), ("only_first_right", a & ~b), ("only_second_right", ~a & b),
+                    ("both_wrong", ~a & ~b))))
+           .collect()[0])
+    counts = {name: int(row[name] or 0) for name in ("objects", "both_right", "only_first_right",
+                                                       "only_second_right", "both_wrong")}
+    counts["p_value"] = mcnemar_exact_p(counts["only_first_right"], counts["only_second_right"])
+    return counts
 
 
 def accuracy_by_magnitude(scored, edges: Sequence[float] = R_MAG_EDGES) -> list[dict]:
@@ -388,6 +447,7 @@ class _PackageScorer:
                 chunk = frame.iloc[start:start + self.batch_rows]
                 proba, cutout_used = predict_proba(package, main_model, tabular_model, chunk)
                 yield pd.DataFrame({
+                    "objid": chunk["objid"].to_numpy(dtype=np.int64),
                     "label": chunk["label"].to_numpy(dtype=np.int32),
                     "prediction": proba.argmax(axis=1).astype(np.int32),
                     "scores": list(proba.astype(np.float64)),

@@ -79,6 +79,7 @@ def render_markdown(report: Mapping) -> str:
             if rows:
                 lines += [f"### {comparison['title']}", "", comparison_table(rows, _columns(rows)), ""]
                 lines += _interval_table(rows, names)
+                lines += _paired_lines(comparison, by_key)
 
     feature_sets = []
     for entry in results:
@@ -157,14 +158,31 @@ def _interval_table(rows: Mapping[str, Mapping], names: Sequence[str]) -> list[s
         return f"{value:.4f} ({interval[0]:.4f}–{interval[1]:.4f})"
 
     header = ["model", "accuracy", "macro F1", *(f"{name} F1" for name in names)]
-    lines = ["95% intervals (bootstrap of the test objects); where two intervals overlap, the test split does not "
-             "tell the models apart.", "", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines = ["95% intervals of each model on its own (bootstrap of the test objects); the paired test below compares "
+             "two models on the same objects.", "", "| " + " | ".join(header) + " |",
+             "|---|" + "---:|" * (len(header) - 1)]
     for label, ci in with_intervals.items():
         m = rows[label]
         cells = [cell(m["accuracy"], ci["accuracy"]), cell(m["f1_macro"], ci["f1_macro"])]
         cells += [cell(m["per_class"][name]["f1"], ci["per_class"][name]["f1"]) for name in names]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _paired_lines(comparison: Mapping, by_key: Mapping[str, Mapping]) -> list[str]:
+    """One line per network: where it and the best baseline disagree on who is right, and McNemar's p."""
+    best = by_key.get(comparison["best_baseline"])
+    lines = []
+    for key, paired in (comparison.get("paired") or {}).items():
+        if key not in by_key or best is None:
+            continue
+        verdict = ("a significant difference at the 5% level" if paired["p_value"] < 0.05
+                   else "no significant difference at the 5% level")
+        lines.append(f"- Paired on the same {paired['objects']} test objects: only {result_label(by_key[key])} right "
+                     f"on {paired['only_first_right']}, only {result_label(best)} right on "
+                     f"{paired['only_second_right']} (both right {paired['both_right']}, both wrong "
+                     f"{paired['both_wrong']}); exact McNemar p = {paired['p_value']:.3g}: {verdict}.")
+    return lines + [""] if lines else []
 
 
 def _columns(rows: Mapping[str, Mapping]) -> list[str]:
