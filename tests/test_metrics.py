@@ -10,6 +10,7 @@ import pytest
 from skyclass.metrics import (
     bootstrap_intervals,
     mcnemar_exact_p,
+    wilson_interval,
     DEFAULT_CLASS_NAMES,
     classification_metrics,
     comparison_table,
@@ -371,3 +372,14 @@ def test_mcnemar_exact_p_hand_computed():
     assert p == pytest.approx(math.erfc(z / math.sqrt(2)), rel=0.05)
     with pytest.raises(ValueError, match=">= 0"):
         mcnemar_exact_p(-1, 3)
+
+
+def test_wilson_interval_hand_values():
+    z2 = 1.96 ** 2
+    low, high = wilson_interval([10, 0, 50], [10, 10, 100])
+    # 10 of 10: [n / (n + z^2), 1]; 0 of 10: [0, z^2 / (n + z^2)]; 50 of 100: centred on 0.5.
+    assert low[0] == pytest.approx(10 / (10 + z2)) and high[0] == 1.0
+    assert low[1] == 0.0 and high[1] == pytest.approx(z2 / (10 + z2))
+    assert (low[2] + high[2]) / 2 == pytest.approx(0.5)
+    assert high[2] - low[2] == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 100 + z2 / 40_000) / (1 + z2 / 100))
+    assert wilson_interval(0, 0) == (0.0, 1.0)

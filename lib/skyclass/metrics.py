@@ -32,6 +32,7 @@ __all__ = [
     "metrics_from_confusion",
     "bootstrap_intervals",
     "mcnemar_exact_p",
+    "wilson_interval",
     "roc_curve",
     "roc_auc",
     "comparison_table",
@@ -230,6 +231,32 @@ def bootstrap_intervals(cm, class_names: Sequence[str] = DEFAULT_CLASS_NAMES, *,
     return {"level": level, "resamples": resamples, "accuracy": interval(accuracy),
             "f1_macro": interval(f1.mean(axis=1)),
             "per_class": {str(name): {"f1": interval(f1[:, i])} for i, name in enumerate(class_names)}}
+
+
+def wilson_interval(successes, n, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion (elementwise): inside [0, 1], and not empty at 0 % or 100 %.
+
+    Parameters
+    ----------
+    successes, n : array-like
+        Counts; ``n`` of 0 gives the whole [0, 1].
+    z : float
+        1.96 for 95 %.
+
+    Returns
+    -------
+    (low, high) : numpy arrays
+    """
+    k = np.asarray(successes, dtype=np.float64)
+    total = np.asarray(n, dtype=np.float64)
+    safe = np.maximum(total, 1.0)
+    p = np.where(total > 0, k / safe, 0.5)
+    z2 = z * z
+    centre = (p + z2 / (2 * safe)) / (1 + z2 / safe)
+    half = z * np.sqrt(p * (1 - p) / safe + z2 / (4 * safe ** 2)) / (1 + z2 / safe)
+    low = np.where(total > 0, np.clip(centre - half, 0.0, 1.0), 0.0)
+    high = np.where(total > 0, np.clip(centre + half, 0.0, 1.0), 1.0)
+    return low, high
 
 
 def mcnemar_exact_p(only_first_right: int, only_second_right: int) -> float:

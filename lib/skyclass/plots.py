@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from skyclass.metrics import roc_auc, roc_curve
+from skyclass.metrics import roc_auc, roc_curve, wilson_interval
 
 __all__ = [
     "SIMULATED_LABEL",
@@ -324,7 +324,7 @@ def magnitude_bin_label(low, high) -> str:
 
 def plot_accuracy_by_magnitude(bins: Sequence[Mapping], path, *, title: str, band: str = "r",
                                simulated: bool = False) -> Path:
-    """Accuracy per magnitude bin with 95% binomial error bars, over the number of test objects per bin.
+    """Accuracy per magnitude bin with 95% Wilson error bars, over the number of test objects per bin.
 
     Parameters
     ----------
@@ -350,7 +350,8 @@ def plot_accuracy_by_magnitude(bins: Sequence[Mapping], path, *, title: str, ban
     labels = [magnitude_bin_label(b["min"], b["max"]) for b in bins]
     n = np.array([int(b["n"]) for b in bins], dtype=np.float64)
     accuracy = np.array([float(b["accuracy"]) for b in bins])
-    half_width = 1.96 * np.sqrt(accuracy * (1.0 - accuracy) / np.maximum(n, 1.0))
+    low, high = wilson_interval(accuracy * n, n)
+    low_error, high_error = np.clip(accuracy - low, 0.0, None), np.clip(high - accuracy, 0.0, None)
     x = np.arange(len(bins))
 
     figure = _new_figure(max(6.5, 0.8 * len(bins) + 2.5), 4.6)
@@ -365,9 +366,9 @@ def plot_accuracy_by_magnitude(bins: Sequence[Mapping], path, *, title: str, ban
     accuracy_axes.yaxis.set_label_position("left")
     counts_axes.yaxis.tick_right()
     counts_axes.yaxis.set_label_position("right")
-    accuracy_axes.errorbar(x, accuracy, yerr=half_width, color="#4c72b0", marker="o", capsize=3,
-                           label="accuracy (95% interval)")
-    low = float(np.min(accuracy - half_width))
+    accuracy_axes.errorbar(x, accuracy, yerr=np.vstack([low_error, high_error]), color="#4c72b0", marker="o",
+                           capsize=3, label="accuracy (95% interval)")
+    low = float(np.min(low))
     accuracy_axes.set_ylim(max(0.0, min(low, 0.9) - 0.02), 1.0)
     accuracy_axes.set_ylabel("accuracy")
     accuracy_axes.grid(True, axis="y", alpha=0.3)
