@@ -170,3 +170,22 @@ def test_cli_missing_catalog_says_where_the_data_is_expected(tmp_path, capsys):
     assert run_from_args(args) == 2
     err = capsys.readouterr().err
     assert "missing.csv does not exist" in err and "../shared/data/sdss" in err and "--catalog" in err
+
+
+def test_hold_answers_the_first_requests_then_holds_the_rest_until_released(standin):
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate = standin.hold("getjpeg", after=2)
+    params = {"ra": 230.5, "dec": 27.7, "width": 64, "height": 64}
+    for _ in range(2):
+        assert requests.get(standin.url + JPEG_PATH, params=params, timeout=10).status_code == 200
+    assert not gate.reached.is_set()
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(requests.get, standin.url + JPEG_PATH, params=params, timeout=30) for _ in range(2)]
+        assert gate.reached.wait(10)
+        assert not any(f.done() for f in held) and standin.stats()["getjpeg"].get("200", 0) == 2
+        gate.release()
+        assert [f.result().status_code for f in held] == [200, 200]
+    assert gate.passed == 4
+    with pytest.raises(StandinError, match="hold"):
+        standin.hold("other", after=1)

@@ -145,6 +145,7 @@ class StandinServer:
         self._queries: list[str] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._gates: dict[str, Gate] = {}
 
     # --- lifecycle ---
     def start(self) -> "StandinServer":
@@ -167,6 +168,10 @@ class StandinServer:
         """Stop serving and close the socket."""
         if self._httpd is None:
             return
+        with self._lock:
+            gates = list(self._gates.values())
+        for gate in gates:  # held handler threads must not outlive the server
+            gate.release()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -216,6 +221,32 @@ class StandinServer:
         with self._lock:
             return list(self._queries)
 
+    def hold(self, endpoint: str, after: int) -> "Gate":
+        """Answer the first ``after`` requests to ``endpoint`` (``sqlsearch`` or ``getjpeg``) from now on, then hold
+        every further one until :meth:`Gate.release`: a test can stop a job in its middle at a known point (kill
+        an executor or the driver) without guessing a time.
+
+        Returns
+        -------
+        Gate
+            ``gate.reached.wait(timeout)`` returns once a request has been held; ``gate.release()`` lets every
+            held and later request through.
+        """
+        if endpoint not in (SQLSEARCH, GETJPEG):
+            raise StandinError(f"hold() takes {SQLSEARCH!r} or {GETJPEG!r}, got {endpoint!r}")
+        if after < 0:
+            raise StandinError(f"hold() needs after >= 0, got {after}")
+        gate = Gate(after)
+        with self._lock:
+            self._gates[endpoint] = gate
+        return gate
+
+    def _pass_gate(self, endpoint: str) -> None:
+        with self._lock:
+            gate = self._gates.get(endpoint)
+        if gate is not None:
+            gate.pass_through()
+
     def reset_stats(self) -> None:
         with self._lock:
             self._counts.clear()
@@ -240,6 +271,32 @@ class StandinServer:
             return False
         with self._lock:
             return self._rng.random() < probability
+
+
+class Gate:
+    """Requests beyond the first ``after`` wait here until :meth:`release` (see :meth:`StandinServer.hold`)."""
+
+    def __init__(self, after: int):
+        self.after = after
+        self.passed = 0
+        self.held = 0
+        self.reached = threading.Event()
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+
+    def pass_through(self) -> None:
+        with self._lock:
+            if self.passed < self.after or self._open.is_set():
+                self.passed += 1
+                return
+            self.held += 1
+        self.reached.set()
+        self._open.wait()
+        with self._lock:
+            self.passed += 1
+
+    def release(self) -> None:
+        self._open.set()
 
 
 def _handler_class(server: StandinServer):
@@ -303,6 +360,7 @@ def _handler_class(server: StandinServer):
         def _sqlsearch(self, params: dict[str, str]):
             sql = params.get("cmd", "")
             faults = server._arrived(SQLSEARCH, sql)
+            server._pass_gate(SQLSEARCH)
             if self._faulted(SQLSEARCH, faults):
                 return
             fmt = params.get("format", "csv").lower()
@@ -330,6 +388,7 @@ def _handler_class(server: StandinServer):
 
         def _getjpeg(self, params: dict[str, str]):
             faults = server._arrived(GETJPEG)
+            server._pass_gate(GETJPEG)
             if self._faulted(GETJPEG, faults):
                 return
             try:
