@@ -162,7 +162,27 @@ def test_fetch_cutout_retries_bad_bodies_then_reports_the_reason(standin_factory
 
         server.faults = Faults(error_rate=1.0)
         down = fetch_cutout(client, settings, 1, ra, dec)
-        assert down.reason.split(":")[0] in ("http_500", "http_503") and down.attempts == 1
+        # attempts counts every request of the one retry loop (it counted bad bodies only, when the client's HTTP
+        # retries were a second loop inside).
+        assert down.reason.split(":")[0] in ("http_500", "http_503") and down.attempts == 3
+
+
+def test_bad_bodies_and_server_errors_share_one_attempt_budget(standin_factory):
+    # Every answer fails, as a 5xx or as a corrupt JPEG with HTTP 200, mixed: at most retries + 1 requests in all,
+    # not (retries + 1) re-fetches of (retries + 1) HTTP attempts each.
+    catalog = make_labelled(20, seed=2)
+    server = standin_factory(catalogs=[catalog], faults=Faults(error_rate=0.5, corrupt_rate=1.0, seed=1))
+    settings = CutoutSettings(url=server.url, scale_arcsec_per_px=0.396, size_px=64, concurrency=1,
+                              max_requests_per_s=1000, timeout_s=5, retries=3, backoff_s=0.0, max_backoff_s=0.0,
+                              user_agent="test")
+    with settings.client() as client:
+        for k in range(5):
+            outcome = fetch_cutout(client, settings, k, float(catalog["ra"][k]), float(catalog["dec"][k]))
+            assert not outcome.stored and outcome.attempts == 4
+            assert outcome.reason.split(":")[0] in ("http_500", "http_503", "corrupt_jpeg")
+    stats = server.stats()["getjpeg"]
+    assert stats["requests"] == 5 * 4
+    assert stats["corrupt"] > 0 and stats.get("500", 0) + stats.get("503", 0) > 0
 
 
 # --- downloads into the lake ----------------------------------------------------------------------------------------
@@ -173,7 +193,7 @@ def test_download_under_faults_stores_each_object_once_and_second_run_completes(
     objids = set(catalog["objid"])
     faults = Faults(error_rate=0.10, throttle_rate=0.05, retry_after_s=0.02, corrupt_rate=0.02, latency_ms=5, seed=7)
     server = standin_factory(catalogs=[catalog], faults=faults)
-    # One client retry and one re-fetch of a bad body: about 2-3 % of objects fail outright.
+    # Two attempts per object for any mix of faults (one retry): about 3 % of objects fail outright.
     conf = cutouts_conf(conf_for, server.url, retries=1)
     write_catalog(conf, catalog)
 

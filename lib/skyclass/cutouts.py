@@ -30,7 +30,6 @@ import io
 import json
 import logging
 import math
-import random
 import socket
 import sys
 import threading
@@ -45,7 +44,7 @@ from skyclass import lake
 from skyclass.config import Config
 from skyclass.errors import SkyclassError
 from skyclass.skyserver import (GETJPEG_PATH, SkyServerClient, SkyServerError, SkyServerHTTPError,
-                                SkyServerUnavailable)
+                                SkyServerResponseError, SkyServerUnavailable, TransientAnswer)
 
 log = logging.getLogger(__name__)
 # Executors log through their own logger: the driver's logging configuration does not reach them.
@@ -250,7 +249,7 @@ class CutoutOutcome:
     dec: float
     jpeg: Optional[bytes]  # None when failed
     reason: Optional[str]  # "<kind>: <detail>" when failed
-    attempts: int  # getjpeg downloads tried, each including the client's own retries of HTTP errors
+    attempts: int  # getjpeg requests sent for the object (the client's one retry loop counts them)
     at: datetime
 
     @property
@@ -259,11 +258,11 @@ class CutoutOutcome:
 
 
 def fetch_cutout(client: SkyServerClient, settings: CutoutSettings, objid: int, ra_deg: float, dec_deg: float,
-                 *, rng: Optional[random.Random] = None) -> CutoutOutcome:
+                 ) -> CutoutOutcome:
     """Download and validate one cutout; never raises for a failed object, it returns a failure outcome.
 
-    Transient HTTP trouble (connection errors, 5xx, 429) is retried inside ``client.request``; a body that fails
-    :func:`validate_jpeg` is fetched again, up to ``settings.retries`` more times with exponential backoff.
+    A body that fails :func:`validate_jpeg` is a passing failure like a 5xx: the client's one retry loop fetches it
+    again, within the same budget of ``settings.retries`` further attempts as connection errors, 5xx and 429.
 
     Parameters
     ----------
@@ -271,39 +270,38 @@ def fetch_cutout(client: SkyServerClient, settings: CutoutSettings, objid: int, 
     settings : CutoutSettings
     objid : int
     ra_deg, dec_deg : float
-    rng : random.Random, optional
-        Jitter of the backoff (tests).
 
     Returns
     -------
     CutoutOutcome
+        ``attempts`` counts the getjpeg requests sent for the object.
     """
-    rng = rng or random
     what = f"cutout of objID {objid} (ra={ra_deg}, dec={dec_deg})"
     try:
         path, params = cutout_request(ra_deg, dec_deg, scale_arcsec_per_px=settings.scale_arcsec_per_px,
                                       size_px=settings.size_px)
     except ValueError as err:
         return _failure(objid, ra_deg, dec_deg, f"bad_position: {err}", 0)
-    invalid: Optional[InvalidCutout] = None
-    for attempt in range(settings.retries + 1):
-        if attempt:
-            time.sleep(min(settings.max_backoff_s, settings.backoff_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1))
-        try:
-            body = client.request(path, params, what=what).content
-        except SkyServerHTTPError as err:
-            return _failure(objid, ra_deg, dec_deg, f"http_{err.status}: {err}", attempt + 1)
-        except SkyServerUnavailable as err:
-            return _failure(objid, ra_deg, dec_deg, f"unavailable: {err}", attempt + 1)
-        except SkyServerError as err:
-            return _failure(objid, ra_deg, dec_deg, f"rejected: {err}", attempt + 1)
+
+    def valid_jpeg(response) -> bytes:
+        body = response.content
         try:
             validate_jpeg(body, settings.size_px)
         except InvalidCutout as err:
-            invalid = err
-            continue
-        return CutoutOutcome(objid, ra_deg, dec_deg, body, None, attempt + 1, _now())
-    return _failure(objid, ra_deg, dec_deg, f"{invalid.kind}: {invalid} ({what})", settings.retries + 1)
+            raise TransientAnswer(err.kind, str(err)) from None
+        return body
+
+    try:
+        body, attempts = client.fetch(path, params, what=what, check=valid_jpeg)
+    except SkyServerHTTPError as err:
+        return _failure(objid, ra_deg, dec_deg, f"http_{err.status}: {err}", err.attempts)
+    except SkyServerUnavailable as err:
+        return _failure(objid, ra_deg, dec_deg, f"unavailable: {err}", err.attempts)
+    except SkyServerResponseError as err:
+        return _failure(objid, ra_deg, dec_deg, f"{err.kind}: {err}", err.attempts)
+    except SkyServerError as err:
+        return _failure(objid, ra_deg, dec_deg, f"rejected: {err}", err.attempts)
+    return CutoutOutcome(objid, ra_deg, dec_deg, body, None, attempts, _now())
 
 
 def _failure(objid, ra, dec, reason, attempts) -> CutoutOutcome:
