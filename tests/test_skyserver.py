@@ -12,10 +12,11 @@ import pytest
 
 from catalog_fixture import make_labelled
 from skyclass.config import SkyServerConfig
-from skyclass.skyserver import (SkyServerClient, SkyServerError, SkyServerHTTPError, SkyServerQueryError,
-                                SkyServerResponseError, SkyServerUnavailable, SqlValueError, TransientAnswer,
-                                parse_csv_result, release_url, render_sql, request_url, sql_answer, sql_class,
-                                sql_float, sql_identifier, sql_int, sql_search_request)
+from skyclass.skyserver import (RateLimiter, SkyServerClient, SkyServerError, SkyServerHTTPError,
+                                SkyServerQueryError, SkyServerResponseError, SkyServerUnavailable, SqlValueError,
+                                TransientAnswer, parse_csv_result, release_url, render_sql, request_url,
+                                session_counts, sql_answer, sql_class, sql_float, sql_identifier, sql_int,
+                                sql_search_request)
 from skyclass.standin.server import Faults
 
 
@@ -267,3 +268,47 @@ def test_a_sql_error_and_a_4xx_are_not_retried(standin):
         with pytest.raises(SkyServerHTTPError, match="HTTP 400"):
             client.request("SkyServerWS/SearchTools/SqlSearch", {"cmd": "SELECT 1", "format": "xml"}, what="xml")
     assert standin.stats()["sqlsearch"]["requests"] == 2 and sleep.delays == []
+
+
+# --- one requests.Session per thread, one rate limit for all ------------------------------------------------------
+
+class FrozenClock:
+    """The limiter's clock stands still and its sleep returns at once, recording each wait: the waits are then
+    exactly the slots the limiter handed out."""
+
+    def __init__(self):
+        self.waits = []
+        self._lock = threading.Lock()
+
+    def now(self):
+        return 0.0
+
+    def sleep(self, seconds):
+        with self._lock:
+            self.waits.append(seconds)
+
+
+def test_each_thread_has_its_own_session_and_one_rate_limit_holds_for_all(standin):
+    clock = FrozenClock()
+    opened_before, closed_before = session_counts()
+    used = {}
+    with _client(standin.url, limiter=RateLimiter(10, clock=clock.now, sleep=clock.sleep)) as client:
+        def work(name):
+            sessions = set()
+            for _ in range(5):
+                client.sql("SELECT TOP 1 objID FROM PhotoObj")
+                sessions.add(id(client.session))  # the session this thread's requests went through
+            used[name] = sessions
+
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert client.sessions_opened == 4
+    assert all(len(s) == 1 for s in used.values())  # a thread keeps its session ...
+    assert len(set().union(*used.values())) == 4  # ... and shares it with no other thread
+    assert session_counts() == (opened_before + 4, closed_before + 4)  # all closed with the client
+    # 20 requests, 20 distinct slots 0.1 s apart: one limiter for the four threads, not one each.
+    assert standin.stats()["sqlsearch"]["requests"] == 20
+    assert sorted(clock.waits) == pytest.approx([k * 0.1 for k in range(1, 20)])

@@ -5,10 +5,11 @@ How a run works (``download_cutouts``):
 1. To-do = the catalog (or a deterministic sample of it) minus the objects already in ``lake/cutouts``
    (an anti-join on objid), written to a snapshot in the run's work folder so that every re-execution of a Spark
    task sees exactly the same objects in the same order.
-2. The snapshot is hash-partitioned into ``cutouts.tasks`` Spark tasks. Each task opens one SkyServer client
-   (one ``requests.Session`` whose connection pool holds ``concurrency_per_task`` connections), downloads with
-   that many threads at ``max_requests_per_s / tasks`` requests per second, and validates every body (a JPEG of
-   the asked size that is not blank; an invalid body is fetched again like a transient error).
+2. The snapshot is hash-partitioned into ``cutouts.tasks`` Spark tasks. Each task opens one SkyServer client,
+   downloads with ``concurrency_per_task`` threads, each with its own ``requests.Session`` (a Session is not
+   thread-safe), all at ``max_requests_per_s / tasks`` requests per second together (the client's one rate
+   limiter), and validates every body (a JPEG of the asked size that is not blank; an invalid body is fetched
+   again like a transient error, within the same retry budget).
 3. Commit unit: a chunk of ``rows_per_file`` objects. When the whole chunk is done, its stored cutouts are written
    as ONE Parquet file under a hidden name (``.tmp-…``, ignored by Spark, pyarrow and Petastorm) and renamed to
    ``part-<run>-<task>-<chunk>.parquet``. A killed task therefore leaves only whole chunks visible; a re-run's
@@ -236,10 +237,11 @@ class CutoutSettings:
                    rows_per_row_group=c.rows_per_row_group, **extra)
 
     def client(self) -> SkyServerClient:
-        """A client whose connection pool serves ``concurrency`` threads."""
+        """The task's client: one rate limiter at this task's share for all its threads, and a
+        ``requests.Session`` of each thread's own (see :class:`~skyclass.skyserver.SkyServerClient`)."""
         return SkyServerClient(self.url, timeout_s=self.timeout_s, retries=self.retries, backoff_s=self.backoff_s,
                                max_backoff_s=self.max_backoff_s, max_requests_per_s=self.max_requests_per_s,
-                               user_agent=self.user_agent, pool_size=self.concurrency)
+                               user_agent=self.user_agent)
 
 
 @dataclass
@@ -418,6 +420,8 @@ def download_partition(settings: CutoutSettings):
         fs, directory = pafs.FileSystem.from_uri(settings.cutouts_dir)
         progress = _ProgressSender(settings.progress_address, settings.run_id, partition, attempt)
         started = time.monotonic()
+        # One client for the task: its rate limiter holds the task's share for all the threads together, and each
+        # thread gets its own requests.Session from it; closing it after the pool has shut down closes them all.
         client = settings.client()
         try:
             with ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"cutouts-t{partition}") as pool:

@@ -9,8 +9,9 @@ page served with HTTP 200, a corrupt image) all draw on ONE budget of ``retries`
 exponential backoff with jitter. Answers that retrying cannot fix (SQL errors, 4xx) fail at once. Query builders
 (:func:`sql_search_request`, :func:`render_sql`) touch no network, so tests can check the exact SQL and URL.
 
-SkyServer documents a limit of 60 queries per minute per client. The limit here is per client object: a Spark
-job that runs N tasks must give each task's client ``1/N`` of the job's budget (see
+SkyServer documents a limit of 60 queries per minute per client. The limit here is per client object, whatever
+number of threads use it (each thread has its own ``requests.Session``; they share the limiter): a Spark job
+that runs N tasks must give each task's client ``1/N`` of the job's budget (see
 :meth:`SkyServerClient.from_config`).
 """
 from __future__ import annotations
@@ -328,26 +329,70 @@ def sql_answer(text: str, what: str) -> pd.DataFrame:
 # --- the client ------------------------------------------------------------------------------------------------
 
 class RateLimiter:
-    """At most ``max_per_s`` events per second, evenly spaced; shared by the threads of one client."""
+    """At most ``max_per_s`` events per second, evenly spaced; shared by the threads of one client.
 
-    def __init__(self, max_per_s: float):
+    Each caller of :meth:`wait` reserves the next free slot under a lock, then sleeps until it.
+
+    Parameters
+    ----------
+    max_per_s : float
+        The limit.
+    clock, sleep : callable, optional
+        ``time.monotonic`` and ``time.sleep``; tests give a clock that stands still and a sleep that records.
+
+    Raises
+    ------
+    ValueError
+        ``max_per_s`` is not positive.
+    """
+
+    def __init__(self, max_per_s: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         if not max_per_s > 0:
             raise ValueError(f"max_per_s must be > 0, got {max_per_s}")
         self.interval_s = 1.0 / max_per_s
-        self._next = 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next = float("-inf")
         self._lock = threading.Lock()
 
     def wait(self) -> None:
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             start = max(now, self._next)
             self._next = start + self.interval_s
         if start > now:
-            time.sleep(start - now)
+            self._sleep(start - now)
+
+
+_session_lock = threading.Lock()
+_sessions_opened = 0
+_sessions_closed = 0
+
+
+def session_counts() -> tuple[int, int]:
+    """(opened, closed): ``requests.Session`` objects of all SkyServer clients in this process so far.
+
+    A client opens one per thread that uses it and closes them all in :meth:`SkyServerClient.close`, so the two
+    are equal when no client is open (an observable for tests and for leak checks).
+    """
+    with _session_lock:
+        return _sessions_opened, _sessions_closed
+
+
+def _count_sessions(opened: int = 0, closed: int = 0) -> None:
+    global _sessions_opened, _sessions_closed
+    with _session_lock:
+        _sessions_opened += opened
+        _sessions_closed += closed
 
 
 class SkyServerClient:
-    """SkyServer over HTTP: one ``requests.Session``, timeouts, retries, a rate limit, error detection.
+    """SkyServer over HTTP: timeouts, retries, a rate limit, error detection; safe to share between threads.
+
+    ``requests.Session`` is not thread-safe, so each thread that uses the client gets its own session (see
+    :attr:`session`); what the threads share is the rate limiter (locked), so the limit holds for all of them
+    together, and the request counter (locked). :meth:`close` closes every thread's session.
 
     Parameters
     ----------
@@ -369,15 +414,14 @@ class SkyServerClient:
         Seed of the jitter generator (tests).
     sleep : callable, optional
         Waits between attempts (``time.sleep``; tests inject one that records the delays and returns at once).
-    pool_size : int, optional
-        Connections kept open per host; give at least the number of threads sharing this client, or requests
-        (default 10) discards the surplus connections and every request pays a new TCP handshake.
+    limiter : RateLimiter, optional
+        The rate limiter to use instead of one at ``max_requests_per_s`` (tests give one with an injected clock).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = 60.0, retries: int = 5, backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0, max_requests_per_s: float = 1.0,
                  user_agent: str = "skyclass/0.1", seed: int | None = None,
-                 sleep: Callable[[float], None] = time.sleep, pool_size: int | None = None):
+                 sleep: Callable[[float], None] = time.sleep, limiter: Optional[RateLimiter] = None):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"SkyServer url must start with http:// or https://, got {url!r}")
         for name, value in (("timeout_s", timeout_s), ("max_requests_per_s", max_requests_per_s)):
@@ -391,15 +435,13 @@ class SkyServerClient:
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.user_agent = user_agent
-        self._limiter = RateLimiter(max_requests_per_s)
+        self._limiter = limiter or RateLimiter(max_requests_per_s)
         self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
         self._sleep = sleep
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = user_agent
-        if pool_size is not None:
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=int(pool_size))
-            self._session.mount("http://", adapter)
-            self._session.mount("https://", adapter)
+        self._local = threading.local()  # .session: the calling thread's requests.Session
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
         self.requests_sent = 0  # attempts, including retries
         self._count_lock = threading.Lock()
 
@@ -419,8 +461,34 @@ class SkyServerClient:
                    max_requests_per_s=max_requests_per_s or conf.max_queries_per_s,
                    user_agent=conf.user_agent, **overrides)
 
+    @property
+    def session(self) -> requests.Session:
+        """The calling thread's ``requests.Session``, opened on its first request; never shared with another
+        thread (a Session's connection pool and cookie jar are not thread-safe)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.user_agent
+            with self._sessions_lock:
+                self._sessions.append(session)
+            _count_sessions(opened=1)
+            self._local.session = session
+        return session
+
+    @property
+    def sessions_opened(self) -> int:
+        """Sessions this client has opened so far: one per thread that sent a request."""
+        with self._sessions_lock:
+            return len(self._sessions)
+
     def close(self) -> None:
-        self._session.close()
+        """Close every thread's session (call once the threads are done, e.g. after their pool has shut down)."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        _count_sessions(closed=len(sessions))
+        self._local = threading.local()  # a later request opens (and counts) a new session
 
     def __enter__(self) -> "SkyServerClient":
         return self
@@ -476,7 +544,7 @@ class SkyServerClient:
             transient: Optional[TransientAnswer] = None
             status = None
             try:
-                response = self._session.get(url, params=params, timeout=self.timeout_s)
+                response = self.session.get(url, params=params, timeout=self.timeout_s)
             except requests.Timeout:
                 problem, category = f"no answer within {self.timeout_s:g} s", "timeout"
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
@@ -537,7 +605,9 @@ class SkyServerClient:
         return self.fetch(path, params, what=what)[0]
 
     def _backoff(self, retry: int, retry_after_s: float | None) -> float:
-        delay = min(self.max_backoff_s, self.backoff_s * 2**retry) * self._rng.uniform(0.5, 1.0)
+        with self._rng_lock:  # random.Random is shared by the client's threads
+            jitter = self._rng.uniform(0.5, 1.0)
+        delay = min(self.max_backoff_s, self.backoff_s * 2**retry) * jitter
         if retry_after_s is not None:
             # The server said when to come back: never earlier than that.
             delay = max(delay, retry_after_s)
