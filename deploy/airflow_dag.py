@@ -7,7 +7,9 @@ idempotent, so a retry or a cleared task simply runs it again. The train task tr
 writes the partition of the DAG run's logical date.
 
 Copy this file into the Airflow DAGs folder of a host that can spark-submit and has the checkout at
-``SKYCLASS_HOME`` (default /opt/skyclass). This module imports Airflow; the test suite never imports it.
+``SKYCLASS_HOME`` (default /opt/skyclass). This module imports Airflow; the test suite executes it against a small
+stand-in of the two Airflow classes used here (tests/test_airflow_dag.py), which checks the dependency graph but is
+no Airflow parse.
 """
 from __future__ import annotations
 
@@ -73,6 +75,14 @@ with DAG(
     score = BashOperator(task_id="score", bash_command=submit("score_catalog", "--run-date", "{{ ds }}"))
     evaluate = BashOperator(task_id="evaluate", bash_command=submit("evaluate"))
 
-    extract >> cutouts >> table >> train
-    extract_photometric >> cutouts_photometric
+    # The SkyServer-bound stages run one after another, never two at once: each job already spends the whole polite
+    # rate (skyserver.max_queries_per_s, cutouts.max_requests_per_s), so two in parallel would send SkyServer twice
+    # that, and two cutout downloads at once would race over the lake's hidden temp files and cutout_failures.
+    # The order is run_nightly's: extract -> extract_photometric -> cutouts -> cutouts_photometric. A failure stops
+    # the SkyServer stages after it for that night; clear the failed task once SkyServer answers again.
+    extract >> extract_photometric >> cutouts >> cutouts_photometric
+    # The training table needs only the labelled cutouts, so it (and training) runs beside the photometric
+    # download, which talks to SkyServer alone: those cutouts are not in the labelled catalog, and chunk files are
+    # committed whole (hidden name, then rename), so the table never reads half of one.
+    cutouts >> table >> train
     [train, cutouts_photometric] >> score >> evaluate

@@ -29,7 +29,8 @@ from PIL import Image
 from catalog_fixture import make_labelled
 from skyclass import lake
 from skyclass.cutouts import (CutoutSettings, CutoutsError, InvalidCutout, _chunks, cutout_request,
-                              download_cutouts, fetch_cutout, per_task_rate, validate_jpeg)
+                              download_cutouts, download_partition, fetch_cutout, per_task_rate, validate_jpeg)
+from skyclass.skyserver import session_counts
 from skyclass.standin.server import Faults
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +163,57 @@ def test_fetch_cutout_retries_bad_bodies_then_reports_the_reason(standin_factory
 
         server.faults = Faults(error_rate=1.0)
         down = fetch_cutout(client, settings, 1, ra, dec)
-        assert down.reason.split(":")[0] in ("http_500", "http_503") and down.attempts == 1
+        # attempts counts every request of the one retry loop (it counted bad bodies only, when the client's HTTP
+        # retries were a second loop inside).
+        assert down.reason.split(":")[0] in ("http_500", "http_503") and down.attempts == 3
+
+
+def test_bad_bodies_and_server_errors_share_one_attempt_budget(standin_factory):
+    # Every answer fails, as a 5xx or as a corrupt JPEG with HTTP 200, mixed: at most retries + 1 requests in all,
+    # not (retries + 1) re-fetches of (retries + 1) HTTP attempts each.
+    catalog = make_labelled(20, seed=2)
+    server = standin_factory(catalogs=[catalog], faults=Faults(error_rate=0.5, corrupt_rate=1.0, seed=1))
+    settings = CutoutSettings(url=server.url, scale_arcsec_per_px=0.396, size_px=64, concurrency=1,
+                              max_requests_per_s=1000, timeout_s=5, retries=3, backoff_s=0.0, max_backoff_s=0.0,
+                              user_agent="test")
+    with settings.client() as client:
+        for k in range(5):
+            outcome = fetch_cutout(client, settings, k, float(catalog["ra"][k]), float(catalog["dec"][k]))
+            assert not outcome.stored and outcome.attempts == 4
+            assert outcome.reason.split(":")[0] in ("http_500", "http_503", "corrupt_jpeg")
+    stats = server.stats()["getjpeg"]
+    assert stats["requests"] == 5 * 4
+    assert stats["corrupt"] > 0 and stats.get("500", 0) + stats.get("503", 0) > 0
+
+
+def test_a_task_gives_each_download_thread_its_own_session_under_one_rate_limit(standin_factory, tmp_path):
+    """download_partition as Spark runs it in a task (here called directly, in this process, so the session
+    counts of the client module are observable): 4 threads, 4 sessions, all closed, one limit for the task."""
+    catalog = make_labelled(40, seed=3)
+    server = standin_factory(catalogs=[catalog], faults=Faults(latency_ms=20))
+    rate = 50.0
+    directory = tmp_path / "cutouts"
+    directory.mkdir()
+    settings = CutoutSettings(url=server.url, scale_arcsec_per_px=0.396, size_px=64, concurrency=4,
+                              max_requests_per_s=rate, timeout_s=10, retries=1, backoff_s=0.0, max_backoff_s=0.0,
+                              user_agent="test", rows_per_file=50, rows_per_row_group=20,
+                              cutouts_dir=str(directory), run_id="r1")
+    opened_before, closed_before = session_counts()
+    started = time.monotonic()
+    frames = list(download_partition(settings)(iter([catalog[["objid", "ra", "dec"]].copy()])))
+    elapsed = time.monotonic() - started
+    outcomes = pd.concat(frames, ignore_index=True)
+    assert (outcomes["status"] == "stored").sum() == 40
+    opened, closed = session_counts()
+    assert opened - opened_before == 4  # one per thread (it was one for the whole task) ...
+    assert closed - closed_before == 4  # ... and every one closed when the task ends
+    times = np.array(server.request_times("getjpeg"))
+    assert len(times) == 40
+    # The task's limit holds for its threads together: 40 requests need at least 39 intervals (a lower bound on
+    # the time taken, which a slow machine can only make longer), and no burst beyond it in any 0.4 s window.
+    assert elapsed >= 39 / rate
+    busiest = max(np.searchsorted(times, t + 0.4, side="left") - k for k, t in enumerate(times))
+    assert busiest <= 0.4 * rate + 2, busiest
 
 
 # --- downloads into the lake ----------------------------------------------------------------------------------------
@@ -173,7 +224,7 @@ def test_download_under_faults_stores_each_object_once_and_second_run_completes(
     objids = set(catalog["objid"])
     faults = Faults(error_rate=0.10, throttle_rate=0.05, retry_after_s=0.02, corrupt_rate=0.02, latency_ms=5, seed=7)
     server = standin_factory(catalogs=[catalog], faults=faults)
-    # One client retry and one re-fetch of a bad body: about 2-3 % of objects fail outright.
+    # Two attempts per object for any mix of faults (one retry): about 3 % of objects fail outright.
     conf = cutouts_conf(conf_for, server.url, retries=1)
     write_catalog(conf, catalog)
 

@@ -12,9 +12,11 @@ import pytest
 
 from catalog_fixture import make_labelled
 from skyclass.config import SkyServerConfig
-from skyclass.skyserver import (SkyServerClient, SkyServerHTTPError, SkyServerQueryError, SkyServerResponseError,
-                                SkyServerUnavailable, SqlValueError, parse_csv_result, release_url, render_sql,
-                                request_url, sql_class, sql_float, sql_identifier, sql_int, sql_search_request)
+from skyclass.skyserver import (RateLimiter, SkyServerClient, SkyServerError, SkyServerHTTPError,
+                                SkyServerQueryError, SkyServerResponseError, SkyServerUnavailable, SqlValueError,
+                                TransientAnswer, parse_csv_result, release_url, render_sql, request_url,
+                                session_counts, sql_answer, sql_class, sql_float, sql_identifier, sql_int,
+                                sql_search_request)
 from skyclass.standin.server import Faults
 
 
@@ -190,3 +192,123 @@ def test_from_config_divides_the_rate():
     client = SkyServerClient.from_config(conf, max_requests_per_s=conf.max_queries_per_s / 4)
     assert client._limiter.interval_s == pytest.approx(4.0)
     assert SkyServerClient.from_config(conf)._limiter.interval_s == pytest.approx(1.0)
+
+
+# --- one retry loop, one attempt budget ---------------------------------------------------------------------------
+
+class Backoffs:
+    """An injected sleep: records each wait and returns at once; ``then`` runs during each wait (it changes what
+    the stand-in serves next)."""
+
+    def __init__(self, then=None):
+        self.delays = []
+        self.then = then
+
+    def __call__(self, seconds):
+        self.delays.append(seconds)
+        if self.then is not None:
+            self.then(len(self.delays))
+
+
+def test_alternating_5xx_and_error_pages_share_one_attempt_budget(standin):
+    # The stand-in answers 5xx, then an error page with HTTP 200, then 5xx, ... (switched during each backoff).
+    server_error, error_page = Faults(error_rate=1.0), Faults(error_body_rate=1.0)
+    standin.faults = server_error
+    sleep = Backoffs(then=lambda n: setattr(standin, "faults", error_page if n % 2 else server_error))
+    with _client(standin.url, retries=6, sleep=sleep) as client, \
+            pytest.raises(SkyServerHTTPError, match=r"failed 7 times \(4 x HTTP 50\d.*3 x error page") as caught:
+        client.sql("SELECT TOP 1 objID FROM PhotoObj")
+    stats = standin.stats()["sqlsearch"]
+    assert stats["requests"] == 7  # retries + 1 in all, not (retries + 1) per kind of failure
+    assert stats["error_body"] == 3 and stats.get("500", 0) + stats.get("503", 0) == 4
+    assert len(sleep.delays) == 6 and caught.value.attempts == 7
+
+
+def test_every_kind_of_failure_draws_on_the_same_budget(standin):
+    # Every answer is a failure of one kind or another (5xx, 429, error page), mixed at random.
+    standin.faults = Faults(error_rate=0.3, throttle_rate=0.3, retry_after_s=0.0, error_body_rate=1.0, seed=4)
+    sleep = Backoffs()
+    with _client(standin.url, retries=6, sleep=sleep) as client, pytest.raises(SkyServerError):
+        client.sql("SELECT TOP 1 objID FROM PhotoObj")
+    stats = standin.stats()["sqlsearch"]
+    assert stats["requests"] == 7 and len(sleep.delays) == 6
+    assert stats.get("429", 0) > 0 and stats["error_body"] > 0 and stats.get("500", 0) + stats.get("503", 0) > 0
+
+
+def test_an_error_page_is_retried_and_the_next_answer_used(standin):
+    standin.faults = Faults(error_body_rate=1.0)
+    sleep = Backoffs(then=lambda n: setattr(standin, "faults", Faults()))
+    with _client(standin.url, retries=6, sleep=sleep) as client:
+        assert len(client.sql("SELECT TOP 2 objID FROM PhotoObj")) == 2
+    assert standin.stats()["sqlsearch"]["requests"] == 2 and len(sleep.delays) == 1
+
+
+def test_retry_after_is_waited_through_the_injected_sleep(standin):
+    standin.faults = Faults(throttle_rate=1.0, retry_after_s=30)
+    sleep = Backoffs()
+    with _client(standin.url, retries=2, sleep=sleep) as client, pytest.raises(SkyServerHTTPError, match="429"):
+        client.sql("SELECT TOP 1 objID FROM PhotoObj")
+    assert sleep.delays == [30.0, 30.0]  # backoff alone would be <= 0.05 s; and nobody waited 60 s for real
+
+
+def test_sql_answers_tell_a_wrong_query_from_a_passing_failure():
+    assert list(sql_answer("#Table1\nobjID\n5\n", "q")["objID"]) == [5]
+    with pytest.raises(SkyServerQueryError, match="Incorrect syntax near 'FORM'.*q1"):
+        sql_answer("Error: Incorrect syntax near 'FORM'.", "q1")  # a syntax error served with HTTP 200
+    with pytest.raises(TransientAnswer) as caught:
+        sql_answer("<html><h1>Server Error in '/' Application.</h1></html>", "q2")
+    assert caught.value.kind == "error_page"
+
+
+def test_a_sql_error_and_a_4xx_are_not_retried(standin):
+    sleep = Backoffs()
+    with _client(standin.url, retries=6, sleep=sleep) as client:
+        with pytest.raises(SkyServerQueryError):
+            client.sql("SELECT TOP 1 nosuchcol FROM SpecObj")
+        with pytest.raises(SkyServerHTTPError, match="HTTP 400"):
+            client.request("SkyServerWS/SearchTools/SqlSearch", {"cmd": "SELECT 1", "format": "xml"}, what="xml")
+    assert standin.stats()["sqlsearch"]["requests"] == 2 and sleep.delays == []
+
+
+# --- one requests.Session per thread, one rate limit for all ------------------------------------------------------
+
+class FrozenClock:
+    """The limiter's clock stands still and its sleep returns at once, recording each wait: the waits are then
+    exactly the slots the limiter handed out."""
+
+    def __init__(self):
+        self.waits = []
+        self._lock = threading.Lock()
+
+    def now(self):
+        return 0.0
+
+    def sleep(self, seconds):
+        with self._lock:
+            self.waits.append(seconds)
+
+
+def test_each_thread_has_its_own_session_and_one_rate_limit_holds_for_all(standin):
+    clock = FrozenClock()
+    opened_before, closed_before = session_counts()
+    used = {}
+    with _client(standin.url, limiter=RateLimiter(10, clock=clock.now, sleep=clock.sleep)) as client:
+        def work(name):
+            sessions = set()
+            for _ in range(5):
+                client.sql("SELECT TOP 1 objID FROM PhotoObj")
+                sessions.add(id(client.session))  # the session this thread's requests went through
+            used[name] = sessions
+
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert client.sessions_opened == 4
+    assert all(len(s) == 1 for s in used.values())  # a thread keeps its session ...
+    assert len(set().union(*used.values())) == 4  # ... and shares it with no other thread
+    assert session_counts() == (opened_before + 4, closed_before + 4)  # all closed with the client
+    # 20 requests, 20 distinct slots 0.1 s apart: one limiter for the four threads, not one each.
+    assert standin.stats()["sqlsearch"]["requests"] == 20
+    assert sorted(clock.waits) == pytest.approx([k * 0.1 for k in range(1, 20)])

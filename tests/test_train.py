@@ -5,6 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from datetime import datetime, timezone
 
 import numpy as np
@@ -399,3 +403,129 @@ def test_a_run_with_the_same_version_resumes_from_its_checkpoint(spark, conf_for
     meta = ModelPackage.load(second.path).metadata
     assert meta["initial_epoch"] == 2 and [e["epoch"] for e in meta["epochs"]] == [1, 2, 3, 4]
     assert sorted(os.listdir(tmp_path / "models")) == ["resume-1", "resume-1.checkpoints"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU pinning: each Horovod process takes the GPU Spark assigned to its task
+# ---------------------------------------------------------------------------------------------------------------
+
+from skyclass.train import TrainingError, assigned_gpu  # noqa: E402
+
+TWO_GPUS = ["/physical_device:GPU:0", "/physical_device:GPU:1"]
+
+
+def test_two_executors_on_one_host_get_the_gpus_spark_assigned_not_the_same_one():
+    # Two executors on one host in separate containers (Horovod's host hash includes the namespaces), each seeing
+    # both GPUs: Horovod gives each its own "host", so both processes have local rank 0.
+    local_ranks = (0, 0)
+    old_rule = [rank % len(TWO_GPUS) for rank in local_ranks]
+    assert old_rule == [0, 0]  # the rule this replaces put both on GPU 0
+    chosen = [assigned_gpu([address], TWO_GPUS, rank) for address, rank in zip(("0", "1"), local_ranks)]
+    assert chosen == [0, 1]
+
+
+def test_spark_addresses_win_over_the_local_rank():
+    # Spark gave this task GPU 3 of four (another application holds 0 and 1): local rank 1 would take GPU 1.
+    four = [f"/physical_device:GPU:{k}" for k in range(4)]
+    assert assigned_gpu(["3"], four, local_rank=1) == 3
+    assert assigned_gpu(["2"], four, local_rank=0) == 2
+
+
+def test_cuda_visible_devices_renumbers_the_gpus():
+    # With CUDA_VISIBLE_DEVICES=2,3 TensorFlow calls physical GPU 3 "GPU:1"; Spark's address is the physical one.
+    assert assigned_gpu(["3"], TWO_GPUS, 0, cuda_visible_devices="2,3") == 1
+    assert assigned_gpu(["2"], TWO_GPUS, 1, cuda_visible_devices=" 2, 3 ") == 0
+    uuids = "GPU-aaaa,GPU-bbbb"
+    assert assigned_gpu(["GPU-bbbb"], TWO_GPUS, 0, cuda_visible_devices=uuids) == 1
+
+
+def test_an_assigned_gpu_that_is_not_visible_is_a_clear_error():
+    with pytest.raises(TrainingError, match=r"GPU 1 .*CUDA_VISIBLE_DEVICES=2,3"):
+        assigned_gpu(["1"], TWO_GPUS, 0, cuda_visible_devices="2,3")
+    with pytest.raises(TrainingError, match=r"GPU 5 .*sees 2 GPUs"):
+        assigned_gpu(["5"], TWO_GPUS, 0)
+    with pytest.raises(TrainingError, match=r"GPU-cccc.*not an index"):
+        assigned_gpu(["GPU-cccc"], TWO_GPUS, 0)
+    with pytest.raises(TrainingError, match=r"sees no GPU"):
+        assigned_gpu(["0"], [], 0)
+
+
+def test_without_spark_gpu_scheduling_the_local_rank_chooses_and_says_so(caplog):
+    with caplog.at_level("WARNING", logger="skyclass.train"):
+        assert assigned_gpu([], TWO_GPUS, local_rank=3) == 1
+    assert "local rank 3" in caplog.text and "no GPU" in caplog.text
+    assert assigned_gpu([], [], local_rank=0) is None  # CPU only: nothing to pin
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skyclass.train"):
+        assert assigned_gpu(["1", "0"], TWO_GPUS, local_rank=0) == 1  # a process uses one GPU: the first
+    assert "uses only GPU 1" in caplog.text
+
+
+# Run as its own application (one SparkContext per process; the test session's is local[2]): a local-cluster
+# master (a real standalone master, worker and executor JVM) whose worker "discovers" GPUs 2 and 3 with a script,
+# as it would on a GPU host where another application holds 0 and 1. No GPU is needed: Spark only bookkeeps the
+# addresses. Horovod's training function then runs in processes started by its task service, not in the Spark
+# tasks, and reports what it would pin among four GPUs.
+GPU_CLUSTER_APP = textwrap.dedent("""
+    import json, os, sys
+    from pyspark.sql import SparkSession
+    import horovod.spark
+
+    discovery, lib = sys.argv[1], sys.argv[2]
+    spark = (SparkSession.builder.master("local-cluster[1,2,1024]").appName("skyclass-gpu-pinning")
+             .config("spark.ui.enabled", "false")
+             .config("spark.worker.resource.gpu.amount", "2")
+             .config("spark.worker.resource.gpu.discoveryScript", discovery)
+             .config("spark.executor.resource.gpu.amount", "2")
+             .config("spark.task.resource.gpu.amount", "1")
+             .config("spark.executor.memory", "512m")
+             .config("spark.executorEnv.PYTHONPATH", lib)
+             .getOrCreate())
+
+    def report():
+        import os
+        from pyspark import TaskContext
+        import skyclass
+        from skyclass.train import assigned_gpu, task_gpu_addresses
+
+        addresses = task_gpu_addresses()
+        four = [f"/physical_device:GPU:{k}" for k in range(4)]
+        local_rank = int(os.environ["HOROVOD_LOCAL_RANK"])
+        return {"addresses": addresses, "local_rank": local_rank, "chosen": assigned_gpu(addresses, four, local_rank),
+                "task_context": TaskContext.get() is not None, "skyclass": skyclass.__file__}
+
+    try:
+        print("RESULT " + json.dumps(horovod.spark.run(report, num_proc=2, use_gloo=True, verbose=0)))
+    finally:
+        spark.stop()
+""")
+
+
+@pytest.mark.slow
+def test_horovod_processes_pin_the_gpus_spark_assigned_to_their_tasks(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    lib = os.path.join(root, "lib")
+    discovery = tmp_path / "gpus.sh"
+    discovery.write_text('#!/bin/sh\necho \'{"name": "gpu", "addresses": ["2", "3"]}\'\n')
+    discovery.chmod(0o755)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join([lib, os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen([sys.executable, "-c", GPU_CLUSTER_APP, str(discovery), lib], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the app, its JVMs and workers
+            process.wait(30)
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    assert process.returncode == 0 and lines, err[-3000:]
+    reports = json.loads(lines[-1][len("RESULT "):])
+    assert all(r["skyclass"].startswith(lib) for r in reports)  # this checkout's code, not an installed one
+    # The training processes are not Spark tasks: TaskContext is None there, the addresses came from Horovod's
+    # task service, which read them from TaskContext in the Spark task.
+    assert not any(r["task_context"] for r in reports)
+    assert sorted(a for r in reports for a in r["addresses"]) == ["2", "3"]
+    assert sorted(r["local_rank"] for r in reports) == [0, 1]
+    assert sorted(r["chosen"] for r in reports) == [2, 3]  # the local ranks would have chosen 0 and 1
+    assert all(r["chosen"] == int(r["addresses"][0]) for r in reports)

@@ -5,10 +5,11 @@ How a run works (``download_cutouts``):
 1. To-do = the catalog (or a deterministic sample of it) minus the objects already in ``lake/cutouts``
    (an anti-join on objid), written to a snapshot in the run's work folder so that every re-execution of a Spark
    task sees exactly the same objects in the same order.
-2. The snapshot is hash-partitioned into ``cutouts.tasks`` Spark tasks. Each task opens one SkyServer client
-   (one ``requests.Session`` whose connection pool holds ``concurrency_per_task`` connections), downloads with
-   that many threads at ``max_requests_per_s / tasks`` requests per second, and validates every body (a JPEG of
-   the asked size that is not blank; an invalid body is fetched again like a transient error).
+2. The snapshot is hash-partitioned into ``cutouts.tasks`` Spark tasks. Each task opens one SkyServer client,
+   downloads with ``concurrency_per_task`` threads, each with its own ``requests.Session`` (a Session is not
+   thread-safe), all at ``max_requests_per_s / tasks`` requests per second together (the client's one rate
+   limiter), and validates every body (a JPEG of the asked size that is not blank; an invalid body is fetched
+   again like a transient error, within the same retry budget).
 3. Commit unit: a chunk of ``rows_per_file`` objects. When the whole chunk is done, its stored cutouts are written
    as ONE Parquet file under a hidden name (``.tmp-…``, ignored by Spark, pyarrow and Petastorm) and renamed to
    ``part-<run>-<task>-<chunk>.parquet``. A killed task therefore leaves only whole chunks visible; a re-run's
@@ -30,7 +31,6 @@ import io
 import json
 import logging
 import math
-import random
 import socket
 import sys
 import threading
@@ -45,7 +45,7 @@ from skyclass import lake
 from skyclass.config import Config
 from skyclass.errors import SkyclassError
 from skyclass.skyserver import (GETJPEG_PATH, SkyServerClient, SkyServerError, SkyServerHTTPError,
-                                SkyServerUnavailable)
+                                SkyServerResponseError, SkyServerUnavailable, TransientAnswer)
 
 log = logging.getLogger(__name__)
 # Executors log through their own logger: the driver's logging configuration does not reach them.
@@ -237,10 +237,11 @@ class CutoutSettings:
                    rows_per_row_group=c.rows_per_row_group, **extra)
 
     def client(self) -> SkyServerClient:
-        """A client whose connection pool serves ``concurrency`` threads."""
+        """The task's client: one rate limiter at this task's share for all its threads, and a
+        ``requests.Session`` of each thread's own (see :class:`~skyclass.skyserver.SkyServerClient`)."""
         return SkyServerClient(self.url, timeout_s=self.timeout_s, retries=self.retries, backoff_s=self.backoff_s,
                                max_backoff_s=self.max_backoff_s, max_requests_per_s=self.max_requests_per_s,
-                               user_agent=self.user_agent, pool_size=self.concurrency)
+                               user_agent=self.user_agent)
 
 
 @dataclass
@@ -250,7 +251,7 @@ class CutoutOutcome:
     dec: float
     jpeg: Optional[bytes]  # None when failed
     reason: Optional[str]  # "<kind>: <detail>" when failed
-    attempts: int  # getjpeg downloads tried, each including the client's own retries of HTTP errors
+    attempts: int  # getjpeg requests sent for the object (the client's one retry loop counts them)
     at: datetime
 
     @property
@@ -259,11 +260,11 @@ class CutoutOutcome:
 
 
 def fetch_cutout(client: SkyServerClient, settings: CutoutSettings, objid: int, ra_deg: float, dec_deg: float,
-                 *, rng: Optional[random.Random] = None) -> CutoutOutcome:
+                 ) -> CutoutOutcome:
     """Download and validate one cutout; never raises for a failed object, it returns a failure outcome.
 
-    Transient HTTP trouble (connection errors, 5xx, 429) is retried inside ``client.request``; a body that fails
-    :func:`validate_jpeg` is fetched again, up to ``settings.retries`` more times with exponential backoff.
+    A body that fails :func:`validate_jpeg` is a passing failure like a 5xx: the client's one retry loop fetches it
+    again, within the same budget of ``settings.retries`` further attempts as connection errors, 5xx and 429.
 
     Parameters
     ----------
@@ -271,39 +272,38 @@ def fetch_cutout(client: SkyServerClient, settings: CutoutSettings, objid: int, 
     settings : CutoutSettings
     objid : int
     ra_deg, dec_deg : float
-    rng : random.Random, optional
-        Jitter of the backoff (tests).
 
     Returns
     -------
     CutoutOutcome
+        ``attempts`` counts the getjpeg requests sent for the object.
     """
-    rng = rng or random
     what = f"cutout of objID {objid} (ra={ra_deg}, dec={dec_deg})"
     try:
         path, params = cutout_request(ra_deg, dec_deg, scale_arcsec_per_px=settings.scale_arcsec_per_px,
                                       size_px=settings.size_px)
     except ValueError as err:
         return _failure(objid, ra_deg, dec_deg, f"bad_position: {err}", 0)
-    invalid: Optional[InvalidCutout] = None
-    for attempt in range(settings.retries + 1):
-        if attempt:
-            time.sleep(min(settings.max_backoff_s, settings.backoff_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1))
-        try:
-            body = client.request(path, params, what=what).content
-        except SkyServerHTTPError as err:
-            return _failure(objid, ra_deg, dec_deg, f"http_{err.status}: {err}", attempt + 1)
-        except SkyServerUnavailable as err:
-            return _failure(objid, ra_deg, dec_deg, f"unavailable: {err}", attempt + 1)
-        except SkyServerError as err:
-            return _failure(objid, ra_deg, dec_deg, f"rejected: {err}", attempt + 1)
+
+    def valid_jpeg(response) -> bytes:
+        body = response.content
         try:
             validate_jpeg(body, settings.size_px)
         except InvalidCutout as err:
-            invalid = err
-            continue
-        return CutoutOutcome(objid, ra_deg, dec_deg, body, None, attempt + 1, _now())
-    return _failure(objid, ra_deg, dec_deg, f"{invalid.kind}: {invalid} ({what})", settings.retries + 1)
+            raise TransientAnswer(err.kind, str(err)) from None
+        return body
+
+    try:
+        body, attempts = client.fetch(path, params, what=what, check=valid_jpeg)
+    except SkyServerHTTPError as err:
+        return _failure(objid, ra_deg, dec_deg, f"http_{err.status}: {err}", err.attempts)
+    except SkyServerUnavailable as err:
+        return _failure(objid, ra_deg, dec_deg, f"unavailable: {err}", err.attempts)
+    except SkyServerResponseError as err:
+        return _failure(objid, ra_deg, dec_deg, f"{err.kind}: {err}", err.attempts)
+    except SkyServerError as err:
+        return _failure(objid, ra_deg, dec_deg, f"rejected: {err}", err.attempts)
+    return CutoutOutcome(objid, ra_deg, dec_deg, body, None, attempts, _now())
 
 
 def _failure(objid, ra, dec, reason, attempts) -> CutoutOutcome:
@@ -420,6 +420,8 @@ def download_partition(settings: CutoutSettings):
         fs, directory = pafs.FileSystem.from_uri(settings.cutouts_dir)
         progress = _ProgressSender(settings.progress_address, settings.run_id, partition, attempt)
         started = time.monotonic()
+        # One client for the task: its rate limiter holds the task's share for all the threads together, and each
+        # thread gets its own requests.Session from it; closing it after the pool has shut down closes them all.
         client = settings.client()
         try:
             with ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"cutouts-t{partition}") as pool:

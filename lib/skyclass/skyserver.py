@@ -1,14 +1,17 @@
 """The one SkyServer client: SqlSearch queries and raw requests (ImgCutout) with timeouts, retries, a rate limit
 and error detection, plus SQL templates and value validation.
 
-Everything that talks to SkyServer goes through :meth:`SkyServerClient.request`, which owns the
-``requests.Session``, the per-request timeout, retries with exponential backoff and jitter on connection errors,
-5xx and 429 (honouring Retry-After), the client-side rate limit, and the checks that turn error pages into
-exceptions. Query builders (:func:`sql_search_request`, :func:`render_sql`) touch no network, so tests can check
-the exact SQL and URL.
+Everything that talks to SkyServer goes through one retry loop (:meth:`SkyServerClient.fetch`, and
+:meth:`~SkyServerClient.request` and :meth:`~SkyServerClient.sql` on top of it), which owns the
+``requests.Session``, the per-request timeout, the client-side rate limit, and the retries: connection errors,
+timeouts, 5xx, 429 (honouring Retry-After) and answers that a caller's check finds transiently wrong (an error
+page served with HTTP 200, a corrupt image) all draw on ONE budget of ``retries`` further attempts with one
+exponential backoff with jitter. Answers that retrying cannot fix (SQL errors, 4xx) fail at once. Query builders
+(:func:`sql_search_request`, :func:`render_sql`) touch no network, so tests can check the exact SQL and URL.
 
-SkyServer documents a limit of 60 queries per minute per client. The limit here is per client object: a Spark
-job that runs N tasks must give each task's client ``1/N`` of the job's budget (see
+SkyServer documents a limit of 60 queries per minute per client. The limit here is per client object, whatever
+number of threads use it (each thread has its own ``requests.Session``; they share the limiter): a Spark job
+that runs N tasks must give each task's client ``1/N`` of the job's budget (see
 :meth:`SkyServerClient.from_config`).
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import threading
 import time
 from decimal import Decimal
 from importlib import resources
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, TypeVar
 from urllib.parse import urlencode
 
 import numpy as np
@@ -32,6 +35,7 @@ import requests
 from skyclass.errors import SkyclassError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SQLSEARCH_PATH = "SkyServerWS/SearchTools/SqlSearch"
 GETJPEG_PATH = "SkyServerWS/ImgCutout/getjpeg"
@@ -46,7 +50,12 @@ _QUERY_IN_MESSAGE_CHARS = 600
 
 
 class SkyServerError(SkyclassError):
-    """A SkyServer request failed; the message names what was asked (``what``)."""
+    """A SkyServer request failed; the message names what was asked (``what``).
+
+    ``attempts`` is the number of HTTP requests the call sent before giving up (set by the retry loop).
+    """
+
+    attempts: int = 1
 
 
 class SkyServerQueryError(SkyServerError):
@@ -62,7 +71,29 @@ class SkyServerHTTPError(SkyServerError):
 
 
 class SkyServerResponseError(SkyServerError):
-    """HTTP 200 whose body is not the expected result (an error page, or an unparsable table)."""
+    """HTTP 200 whose body is not the expected result (an error page, an unparsable table, a bad image) on every
+    attempt; ``kind`` is the category of the last one (``error_page``, ``corrupt_jpeg``, ...)."""
+
+    def __init__(self, message: str, kind: str = "bad_answer"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class TransientAnswer(SkyServerError):
+    """Raised by a response check (see :meth:`SkyServerClient.fetch`): this HTTP-200 answer is a passing failure
+    (an error page, a truncated body), so the request is tried again within the same attempt budget.
+
+    Parameters
+    ----------
+    kind : str
+        Short category for counts and failure reasons, e.g. ``error_page``, ``corrupt_jpeg``.
+    message : str
+        What was wrong with the answer.
+    """
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 class SkyServerUnavailable(SkyServerError):
@@ -264,29 +295,104 @@ def _excerpt(text: str, chars: int = 300) -> str:
     return flat if len(flat) <= chars else flat[:chars] + " ..."
 
 
+def sql_answer(text: str, what: str) -> pd.DataFrame:
+    """A SqlSearch HTTP-200 body as a table, telling a wrong query (fail now) from a passing failure (retry).
+
+    Parameters
+    ----------
+    text : str
+        The body.
+    what : str
+        What was asked, for messages.
+
+    Returns
+    -------
+    pandas.DataFrame
+        See :func:`parse_csv_result`.
+
+    Raises
+    ------
+    SkyServerQueryError
+        Not a table, and the text says the SQL is wrong (syntax, unknown column...): retrying cannot help.
+    TransientAnswer
+        Not a result table otherwise (SkyServer's error page when its back end fails), or a table that does not
+        parse (a cut-off body): worth another attempt.
+    """
+    if _SQL_ERROR_RE.search(text[:2000]) and not text.lstrip("\ufeff").lstrip().startswith("#Table"):
+        raise SkyServerQueryError(f"SkyServer rejected the query: {_excerpt(text)} — {what}")
+    try:
+        return parse_csv_result(text, what)
+    except SkyServerResponseError as err:
+        raise TransientAnswer("error_page", str(err)) from None
+
+
 # --- the client ------------------------------------------------------------------------------------------------
 
 class RateLimiter:
-    """At most ``max_per_s`` events per second, evenly spaced; shared by the threads of one client."""
+    """At most ``max_per_s`` events per second, evenly spaced; shared by the threads of one client.
 
-    def __init__(self, max_per_s: float):
+    Each caller of :meth:`wait` reserves the next free slot under a lock, then sleeps until it.
+
+    Parameters
+    ----------
+    max_per_s : float
+        The limit.
+    clock, sleep : callable, optional
+        ``time.monotonic`` and ``time.sleep``; tests give a clock that stands still and a sleep that records.
+
+    Raises
+    ------
+    ValueError
+        ``max_per_s`` is not positive.
+    """
+
+    def __init__(self, max_per_s: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         if not max_per_s > 0:
             raise ValueError(f"max_per_s must be > 0, got {max_per_s}")
         self.interval_s = 1.0 / max_per_s
-        self._next = 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next = float("-inf")
         self._lock = threading.Lock()
 
     def wait(self) -> None:
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             start = max(now, self._next)
             self._next = start + self.interval_s
         if start > now:
-            time.sleep(start - now)
+            self._sleep(start - now)
+
+
+_session_lock = threading.Lock()
+_sessions_opened = 0
+_sessions_closed = 0
+
+
+def session_counts() -> tuple[int, int]:
+    """(opened, closed): ``requests.Session`` objects of all SkyServer clients in this process so far.
+
+    A client opens one per thread that uses it and closes them all in :meth:`SkyServerClient.close`, so the two
+    are equal when no client is open (an observable for tests and for leak checks).
+    """
+    with _session_lock:
+        return _sessions_opened, _sessions_closed
+
+
+def _count_sessions(opened: int = 0, closed: int = 0) -> None:
+    global _sessions_opened, _sessions_closed
+    with _session_lock:
+        _sessions_opened += opened
+        _sessions_closed += closed
 
 
 class SkyServerClient:
-    """SkyServer over HTTP: one ``requests.Session``, timeouts, retries, a rate limit, error detection.
+    """SkyServer over HTTP: timeouts, retries, a rate limit, error detection; safe to share between threads.
+
+    ``requests.Session`` is not thread-safe, so each thread that uses the client gets its own session (see
+    :attr:`session`); what the threads share is the rate limiter (locked), so the limit holds for all of them
+    together, and the request counter (locked). :meth:`close` closes every thread's session.
 
     Parameters
     ----------
@@ -295,7 +401,8 @@ class SkyServerClient:
     timeout_s : float
         Connect and read timeout of each attempt.
     retries : int
-        Further attempts after the first, on connection errors, timeouts, 5xx, 429 and HTTP-200 error pages.
+        Further attempts after the first, one budget for every kind of passing failure together: connection
+        errors, timeouts, 5xx, 429 and HTTP-200 answers a check finds transiently wrong.
     backoff_s, max_backoff_s : float
         Wait before retry k is ``min(max_backoff_s, backoff_s * 2**k)`` times a random factor in [0.5, 1]
         (jitter, so parallel tasks do not retry in lock-step); a 429's Retry-After is honoured if longer.
@@ -305,14 +412,16 @@ class SkyServerClient:
         Sent with every request so SkyServer's operators can tell who is calling.
     seed : int, optional
         Seed of the jitter generator (tests).
-    pool_size : int, optional
-        Connections kept open per host; give at least the number of threads sharing this client, or requests
-        (default 10) discards the surplus connections and every request pays a new TCP handshake.
+    sleep : callable, optional
+        Waits between attempts (``time.sleep``; tests inject one that records the delays and returns at once).
+    limiter : RateLimiter, optional
+        The rate limiter to use instead of one at ``max_requests_per_s`` (tests give one with an injected clock).
     """
 
     def __init__(self, url: str = DEFAULT_URL, *, timeout_s: float = 60.0, retries: int = 5, backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0, max_requests_per_s: float = 1.0,
-                 user_agent: str = "skyclass/0.1", seed: int | None = None, pool_size: int | None = None):
+                 user_agent: str = "skyclass/0.1", seed: int | None = None,
+                 sleep: Callable[[float], None] = time.sleep, limiter: Optional[RateLimiter] = None):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"SkyServer url must start with http:// or https://, got {url!r}")
         for name, value in (("timeout_s", timeout_s), ("max_requests_per_s", max_requests_per_s)):
@@ -326,14 +435,13 @@ class SkyServerClient:
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.user_agent = user_agent
-        self._limiter = RateLimiter(max_requests_per_s)
+        self._limiter = limiter or RateLimiter(max_requests_per_s)
         self._rng = random.Random(seed)
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = user_agent
-        if pool_size is not None:
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=int(pool_size))
-            self._session.mount("http://", adapter)
-            self._session.mount("https://", adapter)
+        self._rng_lock = threading.Lock()
+        self._sleep = sleep
+        self._local = threading.local()  # .session: the calling thread's requests.Session
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
         self.requests_sent = 0  # attempts, including retries
         self._count_lock = threading.Lock()
 
@@ -353,8 +461,34 @@ class SkyServerClient:
                    max_requests_per_s=max_requests_per_s or conf.max_queries_per_s,
                    user_agent=conf.user_agent, **overrides)
 
+    @property
+    def session(self) -> requests.Session:
+        """The calling thread's ``requests.Session``, opened on its first request; never shared with another
+        thread (a Session's connection pool and cookie jar are not thread-safe)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.user_agent
+            with self._sessions_lock:
+                self._sessions.append(session)
+            _count_sessions(opened=1)
+            self._local.session = session
+        return session
+
+    @property
+    def sessions_opened(self) -> int:
+        """Sessions this client has opened so far: one per thread that sent a request."""
+        with self._sessions_lock:
+            return len(self._sessions)
+
     def close(self) -> None:
-        self._session.close()
+        """Close every thread's session (call once the threads are done, e.g. after their pool has shut down)."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+        _count_sessions(closed=len(sessions))
+        self._local = threading.local()  # a later request opens (and counts) a new session
 
     def __enter__(self) -> "SkyServerClient":
         return self
@@ -362,8 +496,14 @@ class SkyServerClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def request(self, path: str, params: Mapping[str, Any], *, what: str) -> requests.Response:
-        """GET ``<url>/<path>?params`` with rate limit, timeout, retries and error detection.
+    def fetch(self, path: str, params: Mapping[str, Any], *, what: str,
+              check: Optional[Callable[[requests.Response], T]] = None) -> tuple[T, int]:
+        """GET ``<url>/<path>?params`` in the one retry loop: rate limit, timeout, retries, error detection.
+
+        Every passing failure draws on the same budget of ``retries`` further attempts with the same backoff:
+        connection errors and timeouts, HTTP 5xx and 429 (waiting at least its Retry-After), and 2xx answers that
+        ``check`` rejects with :class:`TransientAnswer`. So a call sends at most ``retries + 1`` requests, however
+        the kinds of failure alternate.
 
         Parameters
         ----------
@@ -373,61 +513,101 @@ class SkyServerClient:
             Query parameters.
         what : str
             What is being asked, for error messages (e.g. the SQL, or "cutout of objID 123").
+        check : callable, optional
+            Called with each 2xx response; returns the value of the call, raises :class:`TransientAnswer` to try
+            again, or any :class:`SkyServerError` to fail at once. None: the response itself is the value.
 
         Returns
         -------
-        requests.Response
-            A 2xx response (its body is not inspected here except for SQL error texts, see :meth:`sql`).
+        (value, attempts)
+            What ``check`` returned (or the response) and the number of requests sent for it.
 
         Raises
         ------
         SkyServerQueryError
             The body says the SQL is wrong (any status): not retried.
         SkyServerHTTPError
-            4xx other than 429 (not retried), or 5xx/429 on every attempt.
+            4xx other than 429 (not retried), or 5xx/429 on the last attempt.
         SkyServerUnavailable
-            Connection errors or timeouts on every attempt.
+            A connection error or timeout on the last attempt.
+        SkyServerResponseError
+            ``check`` found the last answer transiently wrong (``kind`` says how).
         """
         url = f"{self.url}/{path.lstrip('/')}"
         attempts = self.retries + 1
-        last_problem = ""
-        for attempt in range(attempts):
+        seen: dict[str, int] = {}  # problem category -> times, for the final message
+        for attempt in range(1, attempts + 1):
             self._limiter.wait()
             with self._count_lock:  # the client may serve a thread pool (cutout downloads)
                 self.requests_sent += 1
             retry_after = None
+            transient: Optional[TransientAnswer] = None
+            status = None
             try:
-                response = self._session.get(url, params=params, timeout=self.timeout_s)
+                response = self.session.get(url, params=params, timeout=self.timeout_s)
             except requests.Timeout:
-                last_problem = f"no answer within {self.timeout_s:g} s"
-            except requests.ConnectionError as err:
-                last_problem = f"connection failed ({_reason(err)})"
+                problem, category = f"no answer within {self.timeout_s:g} s", "timeout"
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+                problem, category = f"connection failed ({_reason(err)})", "connection error"
             else:
                 status = response.status_code
                 if 200 <= status < 300:
-                    return response
-                body = response.text
-                if _SQL_ERROR_RE.search(body) and status != 429:
-                    raise SkyServerQueryError(f"SkyServer rejected the request (HTTP {status}): {_excerpt(body)} — "
-                                              f"{what}")
-                if status not in _RETRY_STATUSES:
-                    raise SkyServerHTTPError(f"SkyServer answered HTTP {status} ({_excerpt(body, 200)}) for {what}; "
-                                             f"check skyserver.url ({self.url})", status)
-                last_problem = f"HTTP {status}"
-                if status == 429:
-                    retry_after = _retry_after_s(response.headers.get("Retry-After"))
-            if attempt + 1 < attempts:
-                delay = self._backoff(attempt, retry_after)
-                log.warning("SkyServer %s for %s; retry %d/%d in %.2f s", last_problem, _short(what), attempt + 1,
-                            self.retries, delay)
-                time.sleep(delay)
-        message = f"SkyServer failed {attempts} times (last: {last_problem}) for {what}"
-        if last_problem.startswith("HTTP"):
-            raise SkyServerHTTPError(message, int(last_problem.split()[1]))
-        raise SkyServerUnavailable(message + f"; is {self.url} reachable?")
+                    if check is None:
+                        return response, attempt
+                    try:
+                        return check(response), attempt
+                    except TransientAnswer as err:
+                        transient = err
+                        problem, category = f"{err.kind} ({err})", err.kind.replace("_", " ")
+                    except SkyServerError as err:
+                        err.attempts = attempt
+                        raise
+                else:
+                    body = response.text
+                    if _SQL_ERROR_RE.search(body) and status != 429:
+                        raise _with_attempts(SkyServerQueryError(
+                            f"SkyServer rejected the request (HTTP {status}): {_excerpt(body)} — {what}"), attempt)
+                    if status not in _RETRY_STATUSES:
+                        raise _with_attempts(SkyServerHTTPError(
+                            f"SkyServer answered HTTP {status} ({_excerpt(body, 200)}) for {what}; check "
+                            f"skyserver.url ({self.url})", status), attempt)
+                    problem = category = f"HTTP {status}"
+                    if status == 429:
+                        retry_after = _retry_after_s(response.headers.get("Retry-After"))
+            seen[category] = seen.get(category, 0) + 1
+            if attempt == attempts:
+                break
+            delay = self._backoff(attempt - 1, retry_after)
+            log.warning("SkyServer %s for %s; retry %d/%d in %.2f s", problem, _short(what), attempt, self.retries,
+                        delay)
+            self._sleep(delay)
+        summary = ", ".join(f"{n} x {c}" for c, n in seen.items())
+        message = f"SkyServer failed {attempts} times ({summary}; last: {problem}) for {what}"
+        if transient is not None:
+            raise _with_attempts(SkyServerResponseError(message, transient.kind), attempts)
+        if status is not None:
+            raise _with_attempts(SkyServerHTTPError(message, status), attempts)
+        raise _with_attempts(SkyServerUnavailable(message + f"; is {self.url} reachable?"), attempts)
 
-    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
-        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * self._rng.uniform(0.5, 1.0)
+    def request(self, path: str, params: Mapping[str, Any], *, what: str) -> requests.Response:
+        """GET ``<url>/<path>?params`` in the retry loop (see :meth:`fetch`), without a check of the body.
+
+        Returns
+        -------
+        requests.Response
+            A 2xx response.
+
+        Raises
+        ------
+        SkyServerQueryError, SkyServerHTTPError, SkyServerUnavailable
+            As :meth:`fetch`.
+        """
+        return self.fetch(path, params, what=what)[0]
+
+    def _backoff(self, retry: int, retry_after_s: float | None) -> float:
+        with self._rng_lock:  # random.Random is shared by the client's threads
+            jitter = self._rng.uniform(0.5, 1.0)
+        delay = min(self.max_backoff_s, self.backoff_s * 2**retry) * jitter
         if retry_after_s is not None:
             # The server said when to come back: never earlier than that.
             delay = max(delay, retry_after_s)
@@ -436,8 +616,9 @@ class SkyServerClient:
     def sql(self, sql: str, *, what: str | None = None) -> pd.DataFrame:
         """Run a SqlSearch query and parse its CSV answer (exact ids, see :func:`parse_csv_result`).
 
-        An HTTP-200 answer that is not a result table (SkyServer's error page) is retried like a 5xx, and raises
-        :class:`SkyServerResponseError` naming the query when it persists.
+        An HTTP-200 answer that is not a result table (SkyServer's error page) is retried in the same loop and
+        budget as a 5xx (see :func:`sql_answer`), and raises :class:`SkyServerResponseError` naming the query when
+        it is still there on the last attempt.
 
         Raises
         ------
@@ -445,22 +626,12 @@ class SkyServerClient:
         """
         what = what or f"query: {_short(sql)}"
         path, params = sql_search_request(sql, "csv")
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            response = self.request(path, params, what=what)
-            text = response.text
-            if _SQL_ERROR_RE.search(text[:2000]) and not text.lstrip().startswith("#Table"):
-                raise SkyServerQueryError(f"SkyServer rejected the query: {_excerpt(text)} — {what}")
-            try:
-                return parse_csv_result(text, what)
-            except SkyServerResponseError:
-                if attempt + 1 == attempts:
-                    raise
-                delay = self._backoff(attempt, None)
-                log.warning("SkyServer returned an error page for %s; retry %d/%d in %.2f s", _short(what),
-                            attempt + 1, self.retries, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # the loop returns or raises
+        return self.fetch(path, params, what=what, check=lambda response: sql_answer(response.text, what))[0]
+
+
+def _with_attempts(err: SkyServerError, attempts: int) -> SkyServerError:
+    err.attempts = attempts
+    return err
 
 
 def _reason(err: Exception) -> str:

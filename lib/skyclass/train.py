@@ -20,7 +20,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -355,9 +355,13 @@ def _train_on_horovod(plan: TrainPlan) -> Optional[dict]:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        # One GPU per process, chosen by the local rank so processes on one machine never share a device.
-        gpu = gpus[hvd.local_rank() % len(gpus)]
+    # One GPU per process: the one Spark reserved for this task. The local rank is no guide when executors share a
+    # host (in separate containers each process has local rank 0) or when Spark gave this task GPUs other than the
+    # first ones.
+    gpu_index = assigned_gpu(task_gpu_addresses(), [g.name for g in gpus], hvd.local_rank(),
+                             os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if gpu_index is not None:
+        gpu = gpus[gpu_index]
         tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpu, "GPU")
     else:
@@ -371,6 +375,111 @@ def _train_on_horovod(plan: TrainPlan) -> Optional[dict]:
     # leaves the Horovod job while another may still need it.
     hvd_tf.broadcast_object(0, root_rank=0, name="skyclass_done")
     return summary if rank == 0 else None
+
+
+def task_gpu_addresses() -> list[str]:
+    """The GPU addresses Spark assigned to the Spark task this Horovod process belongs to ([] when none).
+
+    ``horovod.spark.run`` runs one ordinary (not barrier) Spark task per process; that task starts Horovod's task
+    service, which launches the training function in a separate Python process (``safe_shell_exec``), where
+    ``TaskContext.get()`` is None. Before calling the function, Horovod's ``task_exec`` asks the task service of
+    its own task for the resources, which the service reads from ``TaskContext.get().resources()`` inside the
+    Spark task; ``horovod.spark.task.get_available_devices()`` returns their ``gpu`` addresses. When this runs
+    inside a Spark task itself, TaskContext is read directly.
+
+    Returns
+    -------
+    list of str
+        Addresses as the executor's discovery script reported them (``deploy/get-gpus.sh``: nvidia-smi indices).
+    """
+    try:
+        from horovod.spark.task import get_available_devices
+
+        addresses = list(get_available_devices())
+    except ImportError:
+        addresses = []
+    if not addresses:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        gpu = context.resources().get("gpu") if context is not None else None
+        addresses = list(gpu.addresses) if gpu is not None else []
+    return [str(a) for a in addresses]
+
+
+def assigned_gpu(task_gpu_addresses: Sequence[str], visible_gpu_names: Sequence[str], local_rank: int,
+                 cuda_visible_devices: Optional[str] = None) -> Optional[int]:
+    """Which of the GPUs TensorFlow sees this Horovod process must use.
+
+    With Spark GPU scheduling, Spark has reserved GPUs for this task and for no other task on the host: the
+    process takes the first of them (two processes then never share a GPU, even when their executors share a host
+    and each sees every GPU, where both may have local rank 0). Without it (local mode, or no
+    ``spark.task.resource.gpu.amount``), the local rank chooses, as Horovod's examples do, with a warning.
+
+    Spark's address is the discovery script's name for the GPU, normally the nvidia-smi index, which ignores
+    ``CUDA_VISIBLE_DEVICES``; TensorFlow numbers only the GPUs CUDA lets it see, in the order of
+    ``CUDA_VISIBLE_DEVICES``. So with ``CUDA_VISIBLE_DEVICES`` set, the address is looked up among its entries
+    (index or UUID, compared as text) and its position is TensorFlow's index; unset, the address is the index.
+
+    Parameters
+    ----------
+    task_gpu_addresses : sequence of str
+        :func:`task_gpu_addresses` (empty: Spark assigned none).
+    visible_gpu_names : sequence of str
+        ``tf.config.list_physical_devices("GPU")`` names, in TensorFlow's order (only their number and order
+        matter).
+    local_rank : int
+        ``hvd.local_rank()``, used only without assigned addresses.
+    cuda_visible_devices : str, optional
+        The process's ``CUDA_VISIBLE_DEVICES`` (None: unset).
+
+    Returns
+    -------
+    int or None
+        Index into ``visible_gpu_names``; None when TensorFlow sees no GPU and none was assigned (CPU training).
+
+    Raises
+    ------
+    TrainingError
+        An assigned GPU that TensorFlow cannot see (hidden by ``CUDA_VISIBLE_DEVICES``, an index beyond the
+        visible GPUs, an address that is not an index, or no GPU visible at all).
+    """
+    addresses = [str(a).strip() for a in task_gpu_addresses]
+    visible = list(visible_gpu_names)
+    if not addresses:
+        if not visible:
+            return None
+        index = local_rank % len(visible)
+        log.warning("Spark assigned no GPU to this task (no GPU scheduling: local mode, or no "
+                    "spark.task.resource.gpu.amount): local rank %d takes %s. Executors that share a host may then "
+                    "share a GPU; set spark.executor/task.resource.gpu.amount (deploy/spark-gpu.conf)", local_rank,
+                    visible[index])
+        return index
+    address = addresses[0]
+    if len(addresses) > 1:
+        log.warning("Spark assigned GPUs %s to this task; a Horovod process uses only GPU %s (ask for "
+                    "spark.task.resource.gpu.amount=1)", ", ".join(addresses), address)
+    if not visible:
+        raise TrainingError(f"Spark assigned GPU {address} to this task but TensorFlow sees no GPU (a CPU-only "
+                            "TensorFlow build, or no CUDA driver on the executor): install a GPU build of TensorFlow "
+                            "on GPU executors, or submit training without GPU resources")
+    if cuda_visible_devices is not None:
+        entries = [e.strip() for e in cuda_visible_devices.split(",") if e.strip()]
+        if address not in entries:
+            raise TrainingError(f"Spark assigned GPU {address} to this task but CUDA_VISIBLE_DEVICES="
+                                f"{cuda_visible_devices.strip()} hides it from TensorFlow: unset CUDA_VISIBLE_DEVICES "
+                                "on the executors, or make the GPU discovery script report the same GPUs")
+        index = entries.index(address)
+    else:
+        if not address.isdigit():
+            raise TrainingError(f"Spark assigned GPU {address!r} to this task, which is not an index and cannot be "
+                                "matched to TensorFlow's GPUs without CUDA_VISIBLE_DEVICES: make the discovery script "
+                                "report nvidia-smi indices (deploy/get-gpus.sh)")
+        index = int(address)
+    if index >= len(visible):
+        raise TrainingError(f"Spark assigned GPU {address} to this task but TensorFlow sees {len(visible)} GPUs "
+                            f"({', '.join(visible)}): the GPU discovery script and the executor's GPUs disagree")
+    return index
 
 
 def _configure_worker_logging(rank: int) -> None:
