@@ -158,6 +158,8 @@ PREDICTIONS = Table("predictions", (
     Column("p_star", pa.float32(), True),
     Column("p_qso", pa.float32(), True),
     Column("model_version", pa.string(), False),
+    Column("model_fingerprint", pa.string(), True,
+           "fingerprint of the model package (skyclass.package); null in nights scored before fingerprints"),
     Column("status", pa.string(), False, "ok | no_cutout | bad_photometry"),
 ))
 
