@@ -44,8 +44,8 @@ from typing import Iterator, Optional
 from skyclass import lake
 from skyclass.config import Config
 from skyclass.errors import SkyclassError
-from skyclass.skyserver import (GETJPEG_PATH, SkyServerClient, SkyServerError, SkyServerHTTPError,
-                                SkyServerUnavailable)
+from skyclass.skyserver import (GETJPEG_PATH, STANDIN_HEADER, STANDIN_RENDERED, SkyServerClient, SkyServerError,
+                                SkyServerHTTPError, SkyServerUnavailable)
 
 log = logging.getLogger(__name__)
 # Executors log through their own logger: the driver's logging configuration does not reach them.
@@ -252,6 +252,7 @@ class CutoutOutcome:
     reason: Optional[str]  # "<kind>: <detail>" when failed
     attempts: int  # getjpeg downloads tried, each including the client's own retries of HTTP errors
     at: datetime
+    source: Optional[str] = None  # lake.CUTOUTS.source of a stored cutout (see cutout_source)
 
     @property
     def stored(self) -> bool:
@@ -290,7 +291,8 @@ def fetch_cutout(client: SkyServerClient, settings: CutoutSettings, objid: int, 
         if attempt:
             time.sleep(min(settings.max_backoff_s, settings.backoff_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1))
         try:
-            body = client.request(path, params, what=what).content
+            response = client.request(path, params, what=what)
+            body = response.content
         except SkyServerHTTPError as err:
             return _failure(objid, ra_deg, dec_deg, f"http_{err.status}: {err}", attempt + 1)
         except SkyServerUnavailable as err:
@@ -302,8 +304,21 @@ def fetch_cutout(client: SkyServerClient, settings: CutoutSettings, objid: int, 
         except InvalidCutout as err:
             invalid = err
             continue
-        return CutoutOutcome(objid, ra_deg, dec_deg, body, None, attempt + 1, _now())
+        return CutoutOutcome(objid, ra_deg, dec_deg, body, None, attempt + 1, _now(),
+                             source=cutout_source(response.headers))
     return _failure(objid, ra_deg, dec_deg, f"{invalid.kind}: {invalid} ({what})", settings.retries + 1)
+
+
+def cutout_source(headers) -> str:
+    """``lake.CUTOUTS.source`` of a getjpeg answer: ``standin-simulated`` when the answer says our stand-in rendered
+    it (header ``X-Skyclass-Standin: rendered``), else ``skyserver``.
+
+    Parameters
+    ----------
+    headers : mapping
+        The response headers (``requests`` gives a case-insensitive mapping).
+    """
+    return lake.SOURCE_STANDIN if headers.get(STANDIN_HEADER) == STANDIN_RENDERED else lake.SOURCE_SKYSERVER
 
 
 def _failure(objid, ra, dec, reason, attempts) -> CutoutOutcome:
@@ -475,6 +490,7 @@ def _commit_chunk(fs, directory: str, name: str, outcomes, settings: CutoutSetti
         "size_px": pa.array([settings.size_px] * len(stored), pa.int32()),
         "jpeg": pa.array([o.jpeg for o in stored], pa.binary()),
         "fetched_at": pa.array([o.at for o in stored], pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")),
+        "source": pa.array([o.source or lake.SOURCE_UNKNOWN for o in stored], pa.string()),
     }, schema=cutouts_arrow_schema())
     temporary = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
     with fs.open_output_stream(temporary) as stream:

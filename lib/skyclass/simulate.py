@@ -205,6 +205,7 @@ def _cutout_batches(batches: Iterator[pd.DataFrame], *, n_objects: int, rows_per
                     "size_px": np.full(len(chunk), size_px, np.int32),
                     "jpeg": jpegs,
                     "fetched_at": pd.Series([fetched_at] * len(chunk), dtype="datetime64[us]"),
+                    "source": lake.SOURCE_SIMULATE,
                 })
 
 
