@@ -309,7 +309,9 @@ def _write_marked(spark, path: str, frame, inputs: Mapping) -> None:
 
     def write(staging: str) -> None:
         frame.write.parquet(staging)
-        lake.write_provenance(staging, _provenance(spark.read.parquet(staging).count(), inputs))
+        # Through the part files: Spark treats the "_"-prefixed staging folder itself as hidden (and warns).
+        rows = spark.read.parquet(f"{staging.rstrip('/')}/*.parquet").count()
+        lake.write_provenance(staging, _provenance(rows, inputs))
 
     lake.replace_directory(spark, path, write)
 
