@@ -90,3 +90,10 @@ def test_to_dict_is_plain_data():
 
     data = load_config(LOCAL).to_dict()
     assert json.loads(json.dumps(data))["train"]["mode"] == "multimodal"
+
+
+def test_the_removed_simulated_flag_says_the_data_decide_now():
+    # A config flag once labelled results SIMULATED (and cluster.yaml's default labelled real ones so).
+    with pytest.raises(ConfigError, match="evaluate.cutouts_are_simulated .*no longer exists.*source"):
+        load_config(LOCAL, ["evaluate.cutouts_are_simulated=false"])
+    assert not hasattr(load_config(CLUSTER).evaluate, "cutouts_are_simulated")

@@ -151,6 +151,7 @@ def test_fetch_cutout_retries_bad_bodies_then_reports_the_reason(standin_factory
     with settings.client() as client:
         ok = fetch_cutout(client, settings, 1, ra, dec)
         assert ok.stored and ok.reason is None and ok.attempts == 1
+        assert ok.source == "standin-simulated"  # the stand-in said so in its answer
         validate_jpeg(ok.jpeg, 64)
 
         server.faults = Faults(corrupt_rate=1.0)
@@ -342,6 +343,61 @@ def test_progress_is_logged_while_the_download_runs(spark, conf_for, standin_fac
     assert any(0 < d < 120 for d in done), lines
     assert all(line.split("/")[1].startswith("120 done") for line in lines)
     assert done == sorted(done)
+
+
+@pytest.fixture
+def plain_jpeg_server():
+    """A plain HTTP server on loopback that answers every GET with one valid 64 px JPEG and nothing else: no
+    stand-in header, as SkyServer answers. Yields its release URL; stopped (only it) at the end."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = jpeg_bytes(noise(64, seed=42))
+    paths = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            paths.append(self.path.split("?")[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="plain-jpeg-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dr17", paths
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_cutout_source_comes_from_the_answer_not_the_url(spark, conf_for, standin_factory, plain_jpeg_server):
+    url, paths = plain_jpeg_server
+    catalog = make_labelled(60, seed=12)
+    write_catalog(cutouts_conf(conf_for, url), catalog)
+    # Two loopback servers with the same kind of URL: only the answer tells them apart.
+    real = download_cutouts(spark, cutouts_conf(conf_for, url, max_objects=20))
+    assert real.stored == 20 and paths and set(paths) == {"/dr17/SkyServerWS/ImgCutout/getjpeg"}
+    first = set(lake_cutouts(conf_for())["objid"])
+    server = standin_factory(catalogs=[catalog])
+    standin = download_cutouts(spark, cutouts_conf(conf_for, server.url, max_objects=50))
+    assert standin.stored == 30
+
+    stored = lake_cutouts(conf_for()).set_index("objid")
+    assert len(stored) == 50
+    expected = pd.Series(["skyserver" if o in first else "standin-simulated" for o in stored.index],
+                         index=stored.index)
+    pd.testing.assert_series_equal(stored["source"], expected, check_names=False)
+    # Spark reads the column with the rest of the table.
+    sources = {r["source"]: r["count"] for r in lake.read_cutouts(spark, conf_for().lake.table("cutouts"))
+               .groupBy("source").count().collect()}
+    assert sources == {"skyserver": 20, "standin-simulated": 30}
 
 
 def test_missing_catalog_says_which_step_to_run(spark, conf_for):

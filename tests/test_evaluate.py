@@ -172,7 +172,19 @@ def _write_table(spark, conf, frame):
         to_spark(spark, part).coalesce(1).write.parquet(training_split_path(root, split))
 
 
-def _write_package(conf, version, mode, feature_set, main_model, tabular_model, frame, history=None):
+def _write_stats(conf, frame, cutout_sources, catalog_simulated=False):
+    """A stats.json for the table ``_write_table`` wrote, recording ``cutout_sources`` (as the table job does)."""
+    train = frame[frame["split"] == "train"]
+    stats = {"classes": list(CLASSES), "label_counts": {c: int((train["class"] == c).sum()) for c in CLASSES},
+             "features": {f: {"mean": float(train[f].mean()), "std": float(train[f].std())}
+                          for f in feature_names("paper")},
+             "rows": {s: int((frame["split"] == s).sum()) for s in SPLITS}, "image_size_px": 64,
+             "cutout_sources": cutout_sources, "catalog_simulated": catalog_simulated}
+    with open(os.path.join(conf.lake.path("root"), "training", "stats.json"), "w", encoding="utf-8") as fh:
+        json.dump(stats, fh)
+
+
+def _write_package(conf, version, mode, feature_set, main_model, tabular_model, frame, history=None, **meta):
     from skyclass.package import keras_model_bytes, write_package
 
     features = list(feature_names(feature_set))
@@ -180,7 +192,7 @@ def _write_package(conf, version, mode, feature_set, main_model, tabular_model, 
     normalisation = {f: {"mean": float(train[f].mean()), "std": float(train[f].std())} for f in features}
     metadata = {"mode": mode, "backbone": "small_cnn", "feature_set": feature_set, "features": features,
                 "classes": list(CLASSES), "normalisation": normalisation, "image_size_px": 64,
-                "config": conf.to_dict(), "history": history or {}, "tabular_history": history or {}}
+                "config": conf.to_dict(), "history": history or {}, "tabular_history": history or {}, **meta}
     return write_package(conf.lake.path("models"), version, model_keras=keras_model_bytes(main_model),
                          tabular_keras=keras_model_bytes(tabular_model), metadata=metadata,
                          simulated=mode != "tabular")
@@ -204,6 +216,8 @@ def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
     has_cutout = np.random.default_rng(5).random(len(frame)) < 0.5
     frame["jpeg"] = [_jpeg(k) if has_cutout[k] else None for k in range(len(frame))]
     _write_table(spark, conf, frame)
+    # The table says its cutouts were rendered by the stand-in: that, not a config flag, labels image results.
+    _write_stats(conf, frame, {"standin-simulated": int(has_cutout.sum())})
 
     # Headline: a tabular network trained a little on the photometric features (the newest package).
     tf.keras.utils.set_random_seed(0)
@@ -289,3 +303,54 @@ def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
     assert best in ("naive_bayes-paper", "logistic_regression-paper")
     assert os.path.isfile(os.path.join(result.path, f"confusion_{best}.png"))
     assert "SIMULATED" in str(result)
+
+
+@pytest.mark.parametrize("stats, mode, meta, expected", [
+    ({"cutout_sources": {"skyserver": 10}}, "multimodal", {}, False),
+    ({"cutout_sources": {"skyserver": 9, "standin-simulated": 1}}, "multimodal", {}, True),
+    ({"cutout_sources": {"simulate": 5}}, "image", {}, True),
+    ({"cutout_sources": {"simulate": 5}}, "tabular", {}, False),  # never looks at a cutout
+    ({"cutout_sources": {"standin-simulated": 0, "skyserver": 3}}, "image", {}, False),  # a zero count is none
+    ({"cutout_sources": {"unknown": 10}}, "multimodal", {}, False),  # cannot tell: a note says so, no label
+    ({}, "multimodal", {}, False),  # a table from before sources were recorded
+    ({"cutout_sources": {"skyserver": 10}}, "multimodal", {"simulated_images": True}, True),  # trained on them
+    ({"cutout_sources": {"skyserver": 10}}, "tabular", {"simulated_images": True}, False),
+    ({"cutout_sources": {"skyserver": 10}, "catalog_simulated": True}, "tabular", {}, True),  # baselines too
+    ({"cutout_sources": {"skyserver": 10}}, "tabular", {"simulated_catalog": True}, True),
+])
+def test_a_result_is_simulated_when_its_data_say_so(stats, mode, meta, expected):
+    from skyclass.evaluate import simulated_result
+
+    assert simulated_result(stats, mode, meta) is expected
+
+
+@pytest.mark.slow
+def test_evaluate_labels_simulated_iff_a_simulated_source_is_present(spark, conf_for, tiny_models):
+    conf = conf_for(evaluate={"baselines": ["naive_bayes"], "feature_sets": ["photometric"]})
+    frame = make_training_frame(150, seed=7)
+    frame["jpeg"] = [_jpeg(k) for k in range(len(frame))]
+    _write_table(spark, conf, frame)
+    tabular, multimodal = tiny_models
+    _write_package(conf, "v1", "multimodal", "photometric", multimodal, tabular, frame)
+
+    def run(sources):
+        _write_stats(conf, frame, sources)
+        result = evaluate(spark, conf)
+        with open(os.path.join(result.path, "report.json"), encoding="utf-8") as fh:
+            report = json.load(fh)
+        with open(os.path.join(result.path, "report.md"), encoding="utf-8") as fh:
+            return result, report, fh.read()
+
+    result, report, markdown = run({"skyserver": len(frame)})
+    assert not result.simulated and report["simulated_results"] == [] and "SIMULATED" not in markdown
+    assert report["training_table"]["cutout_sources"] == {"skyserver": len(frame)}
+    assert report["model_fingerprint"].startswith("sha256:")
+    assert report["results"][0]["fingerprint"] == report["model_fingerprint"]
+
+    result, report, markdown = run({"skyserver": len(frame) - 1, "standin-simulated": 1})
+    assert result.simulated and report["simulated_results"] == ["multimodal-photometric"]
+    assert markdown.count(SIMULATED_BANNER) == 1 and "(SIMULATED)" in markdown
+
+    result, report, markdown = run({"unknown": len(frame)})
+    assert not result.simulated and SIMULATED_BANNER not in markdown and "(SIMULATED)" not in markdown
+    assert any("unknown source" in note for note in report["notes"])

@@ -356,3 +356,75 @@ def test_an_empty_batch_gives_an_empty_frame(packages):
     got = score_frame(empty, _spec(packages["v1"]), main, tabular)
     assert list(got.columns) == lake.PREDICTIONS.names and len(got) == 0
     assert got["objid"].dtype == np.int64 and got["p_galaxy"].dtype == np.float32
+
+
+def test_a_package_retrained_under_the_same_version_rescores_and_an_unchanged_one_skips(spark, lake_root, tmp_path):
+    from skyclass.package import ModelPackage
+
+    models = tmp_path / "models"
+    first = make_package(models, "nightly", "tabular", seed=5)
+    old_fingerprint = ModelPackage.load(first).fingerprint
+    night1 = score_catalog(spark, _conf(lake_root, tmp_path, model=first, run_date="2024-05-01"))
+    assert (night1.n_scored, night1.n_skipped) == (N_OBJECTS, 0) and night1.model_fingerprint == old_fingerprint
+    # The same package on another night: every object was scored by this fingerprint already.
+    again = score_catalog(spark, _conf(lake_root, tmp_path, model=first, run_date="2024-05-02"))
+    assert (again.n_scored, again.n_skipped) == (0, N_OBJECTS)
+
+    # Retrained under the same version, at the same path (the name alone would say "already scored").
+    retrained = make_package(models, "nightly", "tabular", seed=6)
+    assert retrained == first
+    new_fingerprint = ModelPackage.load(retrained).fingerprint
+    assert new_fingerprint != old_fingerprint
+    night3 = score_catalog(spark, _conf(lake_root, tmp_path, model=retrained, run_date="2024-05-03"))
+    assert (night3.n_scored, night3.n_skipped) == (N_OBJECTS, 0)
+    rows1, _ = _night(spark, _conf(lake_root, tmp_path), "2024-05-01")
+    rows3, _ = _night(spark, _conf(lake_root, tmp_path), "2024-05-03")
+    assert set(rows1["model_fingerprint"]) == {old_fingerprint} and set(rows1["model_version"]) == {"nightly"}
+    assert set(rows3["model_fingerprint"]) == {new_fingerprint} and set(rows3["model_version"]) == {"nightly"}
+    # The new weights really were used (another seed, other probabilities), not a worker's cached old model.
+    merged = rows1.set_index("objid")[["p_galaxy"]].join(rows3.set_index("objid")[["p_galaxy"]], rsuffix="_new")
+    assert not np.allclose(merged["p_galaxy"], merged["p_galaxy_new"], atol=1e-4)
+    # And the night after, the retrained package skips everything again.
+    night4 = score_catalog(spark, _conf(lake_root, tmp_path, model=retrained, run_date="2024-05-04"))
+    assert (night4.n_scored, night4.n_skipped) == (0, N_OBJECTS)
+
+
+def test_nights_scored_before_fingerprints_are_rescored_and_logged(spark, lake_root, tmp_path, caplog):
+    import logging
+
+    import pyarrow.parquet as pq
+
+    path = make_package(tmp_path / "models", "legacy", "tabular", seed=7)
+    score_catalog(spark, _conf(lake_root, tmp_path, model=path, run_date="2024-06-01"))
+    # Rewrite that night as an old run wrote it: the same rows without the model_fingerprint column.
+    import shutil
+
+    night_path = os.path.join(tmp_path, "predictions", "run_date=2024-06-01")
+    table = pq.read_table(night_path).drop(["model_fingerprint"])
+    shutil.rmtree(night_path)  # with Hadoop's .crc files, which would no longer match
+    os.makedirs(night_path)
+    pq.write_table(table, os.path.join(night_path, "part-00000.parquet"))
+    assert "model_fingerprint" not in pq.read_table(night_path).column_names
+    with caplog.at_level(logging.INFO, logger="skyclass.score"):
+        result = score_catalog(spark, _conf(lake_root, tmp_path, model=path, run_date="2024-06-02"))
+    assert (result.n_scored, result.n_skipped) == (N_OBJECTS, 0)
+    assert any(f"{N_OBJECTS} prediction rows in 1 earlier night(s) name model version legacy but carry no "
+               "model_fingerprint" in r.getMessage() for r in caplog.records)
+    # Both kinds of night read together: the old one's fingerprint is null, the new one's the package's.
+    from skyclass.score import read_predictions
+
+    both = read_predictions(spark, os.path.join(tmp_path, "predictions")).groupBy("run_date") \
+        .agg({"model_fingerprint": "count", "objid": "count"}).toPandas().set_index("run_date")
+    assert both.loc["2024-06-01", "count(model_fingerprint)"] == 0
+    assert both.loc["2024-06-02", "count(model_fingerprint)"] == N_OBJECTS == both.loc["2024-06-02", "count(objid)"]
+
+
+def test_a_worker_refuses_a_package_replaced_after_the_run_was_planned(packages, tmp_path):
+    from skyclass import score
+
+    path = make_package(tmp_path / "models", "moving", "tabular", seed=8)
+    spec = _spec(path)
+    make_package(tmp_path / "models", "moving", "tabular", seed=9)  # retrained in place meanwhile
+    score._MODEL_CACHE.clear()
+    with pytest.raises(ScoreError, match="changed while scoring"):
+        score.worker_models(spec)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
+import skyclass
 from skyclass import lake
 from skyclass.simulate import (SENTINEL_MAG, SIMULATED_OBJID_BASE, SimulationError, catalog_rows,
                                partition_bounds, simulate_lake, simulated_objects)
@@ -142,3 +144,125 @@ def test_simulate_labelled_catalog_keeps_exact_specobjids(spark, conf_for):
     assert max(ids) > 2**63 > min(ids)
     assert set(frame["class"]) == {"GALAXY", "STAR", "QSO"}
     assert not lake.table_exists(spark, conf.lake.table("cutouts"))
+
+
+# --- a simulated lake is marked so, and simulate never writes into a real lake ---------------------------------------
+
+def _tree(root) -> dict:
+    """Every file under ``root`` with its bytes' digest: what "nothing changed" compares."""
+    import os
+
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as fh:
+                out[os.path.relpath(os.path.join(folder, name), root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def _write_real_catalog(conf, table="catalog", n=20):
+    """A catalog as extract writes it: Parquet without a provenance saying simulated."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = catalog_rows(simulated_objects(0, 0, n, seed=77), table)
+    schema = lake.CATALOG if table == "catalog" else lake.PHOTOMETRIC
+    path = conf.lake.table(table)
+    os.makedirs(path)
+    pq.write_table(pa.Table.from_pandas(rows, schema=schema.arrow_schema(), preserve_index=False),
+                   os.path.join(path, "part-0.parquet"))
+
+
+def test_simulate_marks_what_it_writes(spark, conf_for):
+    conf = conf_for()
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    result = simulate_lake(spark, conf, n_objects=150, seed=2, rows_per_partition=100)
+    for name, rows in (("photometric", 150), ("cutouts", result.n_cutouts)):
+        provenance = lake.read_provenance(conf.lake.table(name))
+        assert provenance["builder"] == "skyclass simulate" and provenance["simulated"] is True
+        assert provenance["rows"] == rows == spark.read.parquet(conf.lake.table(name)).count()
+        assert provenance["version"].startswith(skyclass.__version__)
+        assert before <= datetime.fromisoformat(provenance["created_at"]) <= datetime.now(timezone.utc)
+        assert provenance["inputs"]["seed"] == 2 and provenance["inputs"]["n_objects"] == 150
+    # The cutouts carry their own mark, row by row.
+    sources = spark.read.parquet(conf.lake.table("cutouts")).groupBy("source").count().collect()
+    assert [(r["source"], r["count"]) for r in sources] == [("simulate", result.n_cutouts)]
+    # Marked, so simulating into the same lake again (another table, another seed) is allowed.
+    labelled = conf_for(score={"catalog": "catalog"})
+    simulate_lake(spark, labelled, n_objects=60, seed=3, rows_per_partition=100)
+    assert lake.read_provenance(labelled.lake.table("catalog"))["inputs"]["table"] == "catalog"
+
+
+def test_simulate_refuses_a_lake_with_a_real_catalog_and_changes_nothing(spark, conf_for):
+    from skyclass.simulate import RealLakeError
+
+    conf = conf_for()  # writes photometric + cutouts; the lake's labelled catalog is real
+    _write_real_catalog(conf, "catalog")
+    root = conf.lake.path("root")
+    before = _tree(root)
+    with pytest.raises(RealLakeError) as caught:
+        simulate_lake(spark, conf, n_objects=50, seed=1)
+    message = str(caught.value)
+    assert root in message and conf.lake.table("catalog") in message and "catalog table" in message
+    assert "lake.root" in message and "_provenance.json" in message
+    assert _tree(root) == before  # no photometric, no cutouts, nothing else either
+
+
+@pytest.mark.parametrize("case", ["real_cutouts", "old_cutouts", "real_photometric", "unmarked_provenance"])
+def test_simulate_refuses_every_kind_of_real_table(spark, conf_for, case):
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from skyclass.simulate import RealLakeError
+
+    conf = conf_for()
+    if case in ("real_cutouts", "old_cutouts"):
+        # A simulated lake whose cutouts table also holds cutouts from elsewhere.
+        simulate_lake(spark, conf, n_objects=30, seed=1, rows_per_partition=30)
+        schema = lake.CUTOUTS.arrow_schema()
+        row = {"objid": [1], "ra": [1.0], "dec": [2.0], "scale_arcsec_per_px": [0.396], "size_px": [64],
+               "jpeg": [b"\xff\xd8"], "fetched_at": [datetime(2024, 1, 1, tzinfo=timezone.utc)],
+               "source": ["skyserver"]}
+        if case == "old_cutouts":  # written before sources were recorded: "unknown", not simulated
+            del row["source"]
+            schema = schema.remove(schema.get_field_index("source"))
+        pq.write_table(pa.table(row, schema=schema), os.path.join(conf.lake.table("cutouts"), "part-x.parquet"))
+        expected = "skyserver" if case == "real_cutouts" else "unknown"
+    elif case == "real_photometric":
+        _write_real_catalog(conf, "photometric")
+        expected = "no _provenance.json"
+    else:
+        _write_real_catalog(conf, "photometric")
+        lake.write_provenance(conf.lake.table("photometric"), {"builder": "skyclass extract", "simulated": False})
+        expected = "does not say simulated: true"
+    before = _tree(conf.lake.path("root"))
+    with pytest.raises(RealLakeError, match=expected):
+        simulate_lake(spark, conf, n_objects=30, seed=1, rows_per_partition=30)
+    assert _tree(conf.lake.path("root")) == before
+
+
+def test_a_training_table_built_from_a_simulated_lake_keeps_it_simulated(spark, conf_for):
+    from skyclass.training_table import build_training_table
+
+    conf = conf_for(score={"catalog": "catalog"})
+    simulate_lake(spark, conf, n_objects=300, seed=4, rows_per_partition=150)
+    stats = build_training_table(spark, conf)
+    assert stats.catalog_simulated and stats.cutout_sources.keys() == {"simulate"}
+    simulate_lake(spark, conf, n_objects=300, seed=5, rows_per_partition=150)  # allowed: all marked
+    # A training table that does not say it was built from simulated data blocks simulate.
+    import json
+
+    from skyclass.simulate import RealLakeError
+
+    path = lake.training_stats_path(conf.lake.path("root"))
+    with open(path, encoding="utf-8") as fh:
+        document = json.load(fh)
+    document["catalog_simulated"] = False
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(document, fh)
+    with pytest.raises(RealLakeError, match="training table"):
+        simulate_lake(spark, conf, n_objects=300, seed=5, rows_per_partition=150)

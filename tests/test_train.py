@@ -101,6 +101,11 @@ def write_training_lake(lake_root, *, rows=None, rows_per_group=None, size_px: i
         "label_counts": {c: int(np.sum(train_columns["label"] == k)) for k, c in enumerate(CLASSES)},
         "rows": dict(rows), "image_size_px": size_px,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # The images made here are synthetic; say so as the table job would.
+        "cutout_sources": {lake.SOURCE_SIMULATE: int(sum(
+            pq.read_table(lake.training_split_path(str(lake_root), s), columns=["jpeg"]).column("jpeg")
+            .drop_null().__len__() for s in lake.SPLITS))},
+        "catalog_simulated": False,
     }
     with open(lake.training_stats_path(str(lake_root)), "w", encoding="utf-8") as fh:
         json.dump(stats, fh, indent=2)
@@ -346,6 +351,10 @@ def test_multimodal_training_on_two_horovod_processes(spark, conf_for, tmp_path)
     assert meta["lake_snapshot"]["stats_created_at"] == stats["created_at"]
     assert meta["config"]["train"]["mode"] == "multimodal"
     assert meta["code_version"].startswith("0.1.0")
+    # What the model learned from, as the table's stats.json says: simulated images, a real catalog.
+    assert meta["simulated_images"] is True and meta["simulated_catalog"] is False
+    assert meta["lake_snapshot"]["cutout_sources"] == stats["cutout_sources"]
+    assert pkg.fingerprint.startswith("sha256:")
     assert sorted(os.listdir(result.path)) == ["curves.png", "metadata.json", "model.keras", "tabular.keras"]
     # Both models learned: training loss fell over the 3 epochs.
     for history in (meta["history"], meta["tabular_history"]):
@@ -409,7 +418,7 @@ def test_a_run_with_the_same_version_resumes_from_its_checkpoint(spark, conf_for
 # GPU pinning: each Horovod process takes the GPU Spark assigned to its task
 # ---------------------------------------------------------------------------------------------------------------
 
-from skyclass.train import TrainingError, assigned_gpu  # noqa: E402
+from skyclass.train import assigned_gpu  # noqa: E402
 
 TWO_GPUS = ["/physical_device:GPU:0", "/physical_device:GPU:1"]
 

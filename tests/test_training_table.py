@@ -57,17 +57,24 @@ def write_catalog(conf, frame: pd.DataFrame) -> None:
     pq.write_table(table, os.path.join(path, "part-0.parquet"))
 
 
-def write_cutouts(conf, frame: pd.DataFrame) -> None:
+def write_cutouts(conf, frame: pd.DataFrame, source="skyserver", name="part-0.parquet", first_jpeg=0) -> None:
+    """``frame``'s objects as a cutouts file; ``source=None`` writes it as before sources were recorded (no
+    column)."""
     path = conf.lake.table("cutouts")
     os.makedirs(path, exist_ok=True)
     cutouts = pd.DataFrame({
         "objid": frame["objid"].to_numpy(), "ra": frame["ra"].to_numpy(), "dec": frame["dec"].to_numpy(),
         "scale_arcsec_per_px": 0.396, "size_px": np.int32(64),
-        "jpeg": [noise_jpeg(k) for k in range(len(frame))],
+        "jpeg": [noise_jpeg(first_jpeg + k) for k in range(len(frame))],
         "fetched_at": pd.Timestamp("2024-01-01 12:00:00"),
+        "source": source,
     })
-    table = pa.Table.from_pandas(cutouts, schema=lake.CUTOUTS.arrow_schema(), preserve_index=False)
-    pq.write_table(table, os.path.join(path, "part-0.parquet"))
+    schema = lake.CUTOUTS.arrow_schema()
+    if source is None:
+        cutouts = cutouts.drop(columns="source")
+        schema = schema.remove(schema.get_field_index("source"))
+    table = pa.Table.from_pandas(cutouts, schema=schema, preserve_index=False)
+    pq.write_table(table, os.path.join(path, name))
 
 
 def read_split(conf, split: str) -> pd.DataFrame:
@@ -155,6 +162,48 @@ def test_training_table_rows_labels_stats_and_cutout_rule(spark, table_conf):
     assert stats["label_counts"] == {c: int((train["class"] == c).sum()) for c in CLASSES}
     assert stats["rows"] == {s: int((expected["split"] == s).sum()) for s in lake.SPLITS}
     assert stats["image_size_px"] == 64
+    # Every row's cutout came from (what the cutouts table calls) SkyServer; the catalog has no provenance.
+    assert stats["cutout_sources"] == {"skyserver": len(expected)} == result.cutout_sources
+    assert stats["catalog_simulated"] is False and stats["simulated"] is False and not result.simulated
+
+
+def test_cutout_sources_are_counted_and_old_files_without_the_column_read_as_unknown(spark, table_conf, caplog):
+    conf = table_conf
+    catalog = catalog_frame(300, seed=8)
+    write_catalog(conf, catalog)
+    # Three generations of files in one table: before sources were recorded, from SkyServer, from the stand-in.
+    thirds = [catalog.iloc[k::3] for k in range(3)]
+    write_cutouts(conf, thirds[0], source=None, name="part-old.parquet")
+    write_cutouts(conf, thirds[1], source="skyserver", name="part-real.parquet", first_jpeg=1000)
+    write_cutouts(conf, thirds[2], source="standin-simulated", name="part-standin.parquet", first_jpeg=2000)
+    with caplog.at_level("WARNING", logger="skyclass.training_table"):
+        result = build_training_table(spark, conf)
+
+    usable = catalog["quality"].eq("ok") & catalog["class"].isin(CLASSES)
+    expected = {source: int(usable.loc[part.index].sum())
+                for source, part in zip(("unknown", "skyserver", "standin-simulated"), thirds)}
+    stats = json.loads(open(result.stats_path).read())
+    assert stats["cutout_sources"] == expected and sum(expected.values()) == sum(result.rows.values())
+    # A stand-in cutout among them: the table holds simulated data.
+    assert stats["simulated"] is True and stats["catalog_simulated"] is False and result.simulated
+    assert f"{expected['unknown']} rows have cutouts of unknown source" in caplog.text
+    # The old file's cutouts are in the table like the others.
+    frames = pd.concat([read_split(conf, s) for s in lake.SPLITS])
+    assert set(frames["objid"]) == set(catalog.loc[usable, "objid"])
+
+
+def test_a_catalog_marked_simulated_makes_the_table_simulated(spark, table_conf):
+    conf = table_conf
+    catalog = catalog_frame(200, seed=9)
+    write_catalog(conf, catalog)
+    lake.write_provenance(conf.lake.table("catalog"), {"builder": "skyclass simulate", "simulated": True})
+    result = build_training_table(spark, conf)
+    stats = json.loads(open(result.stats_path).read())
+    assert stats["catalog_simulated"] is True and stats["simulated"] is True and stats["cutout_sources"] == {}
+    # A provenance that does not say simulated: true (e.g. a future extract's) leaves the table real.
+    lake.write_provenance(conf.lake.table("catalog"), {"builder": "skyclass extract", "simulated": False})
+    stats = json.loads(open(build_training_table(spark, conf).stats_path).read())
+    assert stats["catalog_simulated"] is False and stats["simulated"] is False
 
 
 def test_training_files_have_several_row_groups(spark, table_conf):

@@ -203,8 +203,7 @@ class EvaluateConfig:
                                 "linear_svc", "mlp")
     feature_sets: Sequence[str] = FEATURE_SETS
     output: Optional[str] = None  # report folder; None = <lake.reports>/<model version>
-    # Image/multimodal results are labelled SIMULATED unless the cutouts are known to be real SDSS images.
-    cutouts_are_simulated: bool = True
+    # Whether results are SIMULATED is read from the data (cutout sources, catalog provenance), never configured.
 
     def validate(self, where: str) -> None:
         for fs in self.feature_sets:
@@ -335,6 +334,13 @@ def _apply_override(raw: dict, item: str) -> None:
         node[parts[-1]] = value
 
 
+# Keys that existed once, with what to do instead (a plain "unknown key" would not say why).
+_REMOVED_KEYS = {
+    "evaluate.cutouts_are_simulated": "whether results are SIMULATED is read from the data (the cutouts' source "
+                                      "column, the catalog's _provenance.json); delete the key",
+}
+
+
 def _build(cls: type, raw: Any, prefix: str, source: str):
     if raw is None:
         raw = {}
@@ -343,6 +349,10 @@ def _build(cls: type, raw: Any, prefix: str, source: str):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = sorted(set(raw) - known)
+    for name in unknown:
+        key = f"{prefix}.{name}" if prefix else name
+        if key in _REMOVED_KEYS:
+            raise ConfigError(f"{key} in {source} no longer exists: {_REMOVED_KEYS[key]}")
     if unknown:
         where = f"section {prefix!r}" if prefix else "top level"
         raise ConfigError(f"unknown key {prefix + '.' if prefix else ''}{unknown[0]} in {source} ({where} has: "

@@ -44,8 +44,8 @@ from typing import Iterator, Optional
 from skyclass import lake
 from skyclass.config import Config
 from skyclass.errors import SkyclassError
-from skyclass.skyserver import (GETJPEG_PATH, SkyServerClient, SkyServerError, SkyServerHTTPError,
-                                SkyServerResponseError, SkyServerUnavailable, TransientAnswer)
+from skyclass.skyserver import (GETJPEG_PATH, STANDIN_HEADER, STANDIN_RENDERED, SkyServerClient, SkyServerError,
+                                SkyServerHTTPError, SkyServerResponseError, SkyServerUnavailable, TransientAnswer)
 
 log = logging.getLogger(__name__)
 # Executors log through their own logger: the driver's logging configuration does not reach them.
@@ -253,6 +253,7 @@ class CutoutOutcome:
     reason: Optional[str]  # "<kind>: <detail>" when failed
     attempts: int  # getjpeg requests sent for the object (the client's one retry loop counts them)
     at: datetime
+    source: Optional[str] = None  # lake.CUTOUTS.source of a stored cutout (see cutout_source)
 
     @property
     def stored(self) -> bool:
@@ -285,16 +286,16 @@ def fetch_cutout(client: SkyServerClient, settings: CutoutSettings, objid: int, 
     except ValueError as err:
         return _failure(objid, ra_deg, dec_deg, f"bad_position: {err}", 0)
 
-    def valid_jpeg(response) -> bytes:
+    def valid_jpeg(response) -> tuple[bytes, str]:
         body = response.content
         try:
             validate_jpeg(body, settings.size_px)
         except InvalidCutout as err:
             raise TransientAnswer(err.kind, str(err)) from None
-        return body
+        return body, cutout_source(response.headers)
 
     try:
-        body, attempts = client.fetch(path, params, what=what, check=valid_jpeg)
+        (body, source), attempts = client.fetch(path, params, what=what, check=valid_jpeg)
     except SkyServerHTTPError as err:
         return _failure(objid, ra_deg, dec_deg, f"http_{err.status}: {err}", err.attempts)
     except SkyServerUnavailable as err:
@@ -303,7 +304,19 @@ def fetch_cutout(client: SkyServerClient, settings: CutoutSettings, objid: int, 
         return _failure(objid, ra_deg, dec_deg, f"{err.kind}: {err}", err.attempts)
     except SkyServerError as err:
         return _failure(objid, ra_deg, dec_deg, f"rejected: {err}", err.attempts)
-    return CutoutOutcome(objid, ra_deg, dec_deg, body, None, attempts, _now())
+    return CutoutOutcome(objid, ra_deg, dec_deg, body, None, attempts, _now(), source=source)
+
+
+def cutout_source(headers) -> str:
+    """``lake.CUTOUTS.source`` of a getjpeg answer: ``standin-simulated`` when the answer says our stand-in rendered
+    it (header ``X-Skyclass-Standin: rendered``), else ``skyserver``.
+
+    Parameters
+    ----------
+    headers : mapping
+        The response headers (``requests`` gives a case-insensitive mapping).
+    """
+    return lake.SOURCE_STANDIN if headers.get(STANDIN_HEADER) == STANDIN_RENDERED else lake.SOURCE_SKYSERVER
 
 
 def _failure(objid, ra, dec, reason, attempts) -> CutoutOutcome:
@@ -477,6 +490,7 @@ def _commit_chunk(fs, directory: str, name: str, outcomes, settings: CutoutSetti
         "size_px": pa.array([settings.size_px] * len(stored), pa.int32()),
         "jpeg": pa.array([o.jpeg for o in stored], pa.binary()),
         "fetched_at": pa.array([o.at for o in stored], pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")),
+        "source": pa.array([o.source or lake.SOURCE_UNKNOWN for o in stored], pa.string()),
     }, schema=cutouts_arrow_schema())
     temporary = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
     with fs.open_output_stream(temporary) as stream:

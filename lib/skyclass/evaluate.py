@@ -24,10 +24,13 @@ What is kept
     of each network with the best baseline on the same objects, counted by a Spark join. Each model also gets 95%
     bootstrap intervals (:func:`skyclass.metrics.bootstrap_intervals`) and, for networks, accuracy by r magnitude.
 
-Simulated cutouts
-    Image and multimodal results are labelled SIMULATED (tables, figures, a banner in report.md) unless
-    ``evaluate.cutouts_are_simulated`` is false and the training table's stats.json does not say
-    ``"simulated": true``: offline, every cutout comes from the stand-in renderer.
+Simulated data
+    Decided by the data, never by a config flag (:func:`simulated_result`). Image and multimodal results are
+    labelled SIMULATED (tables, figures, a banner in report.md) when any cutout they were evaluated on (the
+    training table's stats.json ``cutout_sources``) or trained on (the package's ``simulated_images``) comes from
+    a simulated source (``lake.SIMULATED_SOURCES``: the stand-in's renderer or ``skyclass simulate``); every result
+    is labelled so when the catalog itself is simulated. Cutouts of ``unknown`` source (a cutouts table written
+    before sources were recorded) are not labelled, but the report says it cannot tell.
 """
 from __future__ import annotations
 
@@ -95,8 +98,7 @@ def evaluate(spark, conf) -> EvaluationResult:
     ----------
     spark : pyspark.sql.SparkSession
     conf : skyclass.config.Config
-        Uses ``evaluate`` (model, baselines, feature_sets, output, cutouts_are_simulated), ``lake`` and
-        ``score.batch_rows``.
+        Uses ``evaluate`` (model, baselines, feature_sets, output), ``lake`` and ``score.batch_rows``.
 
     Returns
     -------
@@ -134,11 +136,9 @@ def evaluate(spark, conf) -> EvaluationResult:
         results: list[dict] = []
 
         table_stats = _training_stats(lake_root)
-        lake_says_simulated = bool(table_stats.get("simulated", False))
         for path, package in packages:
             _check_classes(package, path, class_names)
-            simulated = package.mode in ("image", "multimodal") and (conf.evaluate.cutouts_are_simulated
-                                                                      or lake_says_simulated)
+            simulated = simulated_result(table_stats, package.mode, package.metadata)
             entry = evaluate_package(spark, path, package, test_df, class_names, batch_rows=conf.score.batch_rows,
                                      simulated=simulated, out_dir=out_dir, figures=figures)
             entry["headline"] = path == headline_path
@@ -152,7 +152,8 @@ def evaluate(spark, conf) -> EvaluationResult:
                                           predictions_dir=_predictions_url(out_dir, "")):
                 key = f"{baseline.name}-{feature_set}"
                 results.append({"key": key, "kind": "baseline",
-                                "title": baseline.title, "feature_set": feature_set, "simulated": False,
+                                "title": baseline.title, "feature_set": feature_set,
+                                "simulated": simulated_result(table_stats, "tabular", {}),
                                 "metrics": baseline.metrics, "fit_seconds": baseline.fit_seconds,
                                 "params": baseline.to_dict()["params"], "score_column": baseline.score_column,
                                 "predictions": f"{PREDICTIONS_FOLDER}/{key}"})
@@ -170,17 +171,19 @@ def evaluate(spark, conf) -> EvaluationResult:
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "headline": headline_entry["key"],
             "model_package": headline_path,
+            "model_fingerprint": headline.fingerprint,
             "class_names": list(class_names),
             "test_rows": test_rows,
             "test_class_counts": {name: int(counts.get(i, 0)) for i, name in enumerate(class_names)},
             "training_table": {"path": os.path.join(lake_root, "training"), "rows": table_stats.get("rows"),
-                               "created_at": table_stats.get("created_at")},
-            "cutouts_are_simulated": bool(conf.evaluate.cutouts_are_simulated),
+                               "created_at": table_stats.get("created_at"),
+                               "cutout_sources": table_stats.get("cutout_sources"),
+                               "catalog_simulated": bool(table_stats.get("catalog_simulated", False))},
             "simulated_results": [e["key"] for e in results if e["simulated"]],
             "results": results,
             "comparisons": comparisons,
             "figures": figures,
-            "notes": _notes(conf, packages, test_rows),
+            "notes": _notes(conf, packages, test_rows, table_stats),
         }
         write_report(report, out_dir)
     finally:
@@ -189,6 +192,36 @@ def evaluate(spark, conf) -> EvaluationResult:
     qso_f1 = metrics["per_class"].get("QSO", {}).get("f1", float("nan"))
     return EvaluationResult(out_dir, headline_entry["key"], metrics["accuracy"], qso_f1, test_rows, len(results),
                             bool(report["simulated_results"]), report)
+
+
+def simulated_result(table_stats: Mapping, mode: str, package_metadata: Mapping) -> bool:
+    """Whether a result is on simulated data, from what the data say about themselves.
+
+    Parameters
+    ----------
+    table_stats : mapping
+        The training table's stats.json (``cutout_sources``, ``catalog_simulated``); empty when unknown.
+    mode : str
+        ``tabular``, ``image`` or ``multimodal``; baselines are ``tabular`` (they never see a cutout).
+    package_metadata : mapping
+        The package's metadata.json (``simulated_images``, ``simulated_catalog``, written by training); empty
+        for baselines.
+
+    Returns
+    -------
+    bool
+        True when the catalog the result was trained or evaluated on is simulated, or -- for a model that looks at
+        images -- when any of its training or test cutouts has a simulated source.
+    """
+    from skyclass.lake import SIMULATED_SOURCES
+
+    if table_stats.get("catalog_simulated") or package_metadata.get("simulated_catalog"):
+        return True
+    if mode not in ("image", "multimodal"):
+        return False
+    sources = table_stats.get("cutout_sources") or {}
+    return bool(package_metadata.get("simulated_images")) or any(
+        n and source in SIMULATED_SOURCES for source, n in sources.items())
 
 
 def write_report(report: Mapping, out_dir: str) -> tuple[str, str]:
@@ -235,7 +268,7 @@ def other_packages(models_dir: str, headline) -> list:
     from skyclass.package import ModelPackage, list_packages
 
     newest: dict[tuple[str, str], tuple[str, object]] = {}
-    # list_packages is ordered by version name (timestamps sort chronologically): later ones replace earlier.
+    # list_packages is ordered by creation time, oldest first: later ones replace earlier.
     for path in list_packages(models_dir):
         try:
             package = ModelPackage.load(path)
@@ -294,6 +327,7 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
         scored.unpersist()
     entry = {"key": key, "kind": "network", "title": title, "mode": package.mode,
              "feature_set": package.feature_set, "version": package.version, "package": path,
+             "fingerprint": package.fingerprint,
              "simulated": simulated, "metrics": metrics, "rows_without_cutout": int(rows_without_cutout),
              "accuracy_by_r_mag": by_magnitude, "predictions": f"{PREDICTIONS_FOLDER}/{key}",
              "predict_seconds": round(time.monotonic() - started, 2)}
@@ -603,7 +637,7 @@ def _roc_sample(scored) -> pd.DataFrame:
     return frame.toPandas()
 
 
-def _notes(conf, packages, test_rows: int) -> list[str]:
+def _notes(conf, packages, test_rows: int, table_stats: Mapping) -> list[str]:
     notes = [
         "Every model is measured on the same test split of the training table (hash split, so an object keeps its "
         f"split across rebuilds); {test_rows} objects.",
@@ -615,6 +649,19 @@ def _notes(conf, packages, test_rows: int) -> list[str]:
         "Networks are scored per Arrow batch (mapInPandas), models loaded once per worker; image and multimodal "
         "packages score objects without a usable cutout with their tabular companion model, as skyclass score does.",
     ]
+    sources = table_stats.get("cutout_sources")
+    uses_images = any(p.mode in ("image", "multimodal") for _, p in packages)
+    if uses_images and sources is None:
+        notes.append("WARNING: the training table's stats.json does not record where its cutouts came from (built "
+                     "before sources were recorded): image results are not labelled SIMULATED but may be. Rebuild "
+                     "the training table (skyclass table) to record it.")
+    elif uses_images and sources.get("unknown"):
+        notes.append(f"WARNING: {sources['unknown']} rows of the training table have cutouts of unknown source "
+                     "(downloaded before sources were recorded): image results are not labelled SIMULATED but may "
+                     "be. Re-download those cutouts to know.")
+    if sources:
+        notes.append("Cutout sources of the training table: " + ", ".join(f"{s} {n}" for s, n in sorted(sources.items()))
+                     + ".")
     salts = {(p.metadata.get("config") or {}).get("split", {}).get("salt") for _, p in packages}
     salts.discard(None)
     if salts and salts != {conf.split.salt}:

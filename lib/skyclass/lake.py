@@ -5,13 +5,16 @@ Layout under ``lake.root`` (see README "The lake")::
 
     catalog/              labelled objects (PhotoObj JOIN SpecObj), Parquet
     photometric/          unlabelled photometric objects (PhotoObj without spectrum), Parquet
-    cutouts/              JPEG cutouts at the training size with objid, ra, dec, scale, size, fetch time
+    cutouts/              JPEG cutouts at the training size with objid, ra, dec, scale, size, fetch time, source
     cutout_failures/      objects whose download failed, with the reason; retried on the next run
     training/train|validation|test/   catalog JOIN cutouts with label, split and features
-    training/stats.json   per-feature mean/std (training split only), label counts, class names
+    training/stats.json   per-feature mean/std (training split only), label counts, class names, cutout sources
+    <table>/_provenance.json   how a table was made (builder, version, creation time, rows, ``simulated``), where
+                          its builder writes one (Spark and pyarrow skip ``_`` files)
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -40,6 +43,16 @@ FEATURE_SETS = {"photometric": PHOTOMETRIC_FEATURES, "paper": PAPER_FEATURES}
 QUALITY_OK = "ok"
 QUALITY_ZWARNING = "zwarning"
 QUALITY_BAD_PHOTOMETRY = "bad_photometry"
+
+# Where a cutout came from (lake.CUTOUTS.source), recorded from the data itself, never from a config flag.
+SOURCE_SKYSERVER = "skyserver"  # an ImgCutout/getjpeg answer that did not say it was rendered
+SOURCE_STANDIN = "standin-simulated"  # rendered by our SkyServer stand-in (it says so in a response header)
+SOURCE_SIMULATE = "simulate"  # rendered by `skyclass simulate`
+SOURCE_UNKNOWN = "unknown"  # a cutouts file written before sources were recorded
+SIMULATED_SOURCES = frozenset({SOURCE_STANDIN, SOURCE_SIMULATE})
+CUTOUT_SOURCES = (SOURCE_SKYSERVER, SOURCE_STANDIN, SOURCE_SIMULATE, SOURCE_UNKNOWN)
+# A small JSON document beside a table's data files; the leading "_" keeps Spark, pyarrow and Petastorm away.
+PROVENANCE_FILE = "_provenance.json"
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,7 @@ CUTOUTS = Table("cutouts", (
     Column("size_px", pa.int32(), False),
     Column("jpeg", pa.binary(), False, "JPEG bytes as served by ImgCutout/getjpeg"),
     Column("fetched_at", pa.timestamp("us", tz="UTC"), False),
+    Column("source", pa.string(), False, "skyserver | standin-simulated | simulate (read as unknown when absent)"),
 ))
 
 CUTOUT_FAILURES = Table("cutout_failures", (
@@ -158,6 +172,8 @@ PREDICTIONS = Table("predictions", (
     Column("p_star", pa.float32(), True),
     Column("p_qso", pa.float32(), True),
     Column("model_version", pa.string(), False),
+    Column("model_fingerprint", pa.string(), True,
+           "fingerprint of the model package (skyclass.package); null in nights scored before fingerprints"),
     Column("status", pa.string(), False, "ok | no_cutout | bad_photometry"),
 ))
 
@@ -229,3 +245,87 @@ def table_exists(spark, path: str) -> bool:
         return False
     return any(s.getPath().getName().endswith(".parquet") or s.getPath().getName() == "_SUCCESS"
                for s in fs.listStatus(p))
+
+
+def read_cutouts(spark, path: str):
+    """The cutouts table with every column of :data:`CUTOUTS`; ``source`` is ``unknown`` where a file lacks it.
+
+    Files written before the ``source`` column existed sit beside newer ones in one table; an explicit schema makes
+    Spark read the column as null from the old files (instead of depending on which footer it infers from), and
+    null becomes :data:`SOURCE_UNKNOWN`.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    path : str
+        The cutouts table.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+    """
+    from pyspark.sql import functions as F
+
+    frame = spark.read.schema(CUTOUTS.spark_schema()).parquet(path)
+    return frame.withColumn("source", F.coalesce(F.col("source"), F.lit(SOURCE_UNKNOWN)))
+
+
+def _provenance_location(table_path: str):
+    """(pyarrow file system, path inside it) of a table's provenance file."""
+    import pyarrow.fs as pafs
+
+    path = table_path.rstrip("/")
+    if path.startswith("s3a://"):
+        path = "s3://" + path[len("s3a://"):]  # the JVM's s3a:// is pyarrow's s3://
+    elif path.startswith("file:") and not path.startswith("file://"):
+        path = path[len("file:"):] or "/"
+    elif "://" not in path:
+        path = os.path.abspath(path)
+    fs, inner = pafs.FileSystem.from_uri(path)
+    return fs, f"{inner.rstrip('/')}/{PROVENANCE_FILE}"
+
+
+def write_provenance(table_path: str, provenance: dict) -> str:
+    """Write ``<table_path>/_provenance.json``: how the table was made (STYLE guideline 14).
+
+    Parameters
+    ----------
+    table_path : str
+        The table folder (it must exist; a staging folder works, so the file travels with the table's swap).
+    provenance : dict
+        JSON-serialisable; by convention ``builder``, ``version``, ``created_at``, ``rows``, ``simulated`` and
+        ``inputs``.
+
+    Returns
+    -------
+    str
+        Path of the file inside its file system.
+    """
+    fs, path = _provenance_location(table_path)
+    with fs.open_output_stream(path) as stream:
+        stream.write(json.dumps(provenance, indent=2, sort_keys=True).encode("utf-8"))
+    return path
+
+
+def read_provenance(table_path: str):
+    """The provenance a table's builder wrote (see :func:`write_provenance`), or None when there is none.
+
+    Raises
+    ------
+    ValueError
+        The file exists but is not a JSON object (the message names it).
+    """
+    import pyarrow.fs as pafs
+
+    fs, path = _provenance_location(table_path)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as stream:
+        text = stream.read().decode("utf-8")
+    try:
+        document = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); delete it or rebuild the table") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} holds {type(document).__name__}, not a JSON object; delete it or rebuild the table")
+    return document

@@ -4,9 +4,16 @@ scoring falls back to it for objects without a usable cutout), ``metadata.json``
 A package is written to a hidden staging folder and renamed into place, so :func:`latest_package` can never pick
 a half-written one. Packages live on a file system every scoring executor can read (local disk here, a shared mount
 on a cluster).
+
+Identity: a package is identified by its *fingerprint*, not its name. :func:`package_fingerprint` hashes both weight
+files and the metadata (without the fingerprint itself); it is computed when the package is written, stored in
+``metadata.json`` and checked on every :meth:`ModelPackage.load`, so retraining under the same ``train.version``
+gives a new fingerprint (scoring then rescores), and a package whose files were changed after it was written is
+refused. "Newest" means the newest ``created_at`` (:func:`latest_package`), never the greatest name.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +41,14 @@ STAGING_PREFIX = ".staging-"
 PREVIOUS_PREFIX = ".previous-"
 # Training checkpoints default to <models>/<version>.checkpoints/ (see skyclass.train).
 CHECKPOINTS_SUFFIX = ".checkpoints"
+FINGERPRINT_KEY = "fingerprint"
+# What a fingerprint covers besides the metadata: the weights. curves.png is drawn from the metadata and left out.
+FINGERPRINTED_FILES = (MODEL_FILE, TABULAR_MODEL_FILE)
+# Changing how fingerprints are computed changes this tag, so old and new fingerprints can never be confused.
+_FINGERPRINT_SCHEME = b"skyclass-package-fingerprint-v1\n"
+_HASH_CHUNK_BYTES = 1 << 20
+# Packages (by path) whose missing fingerprint was already logged by this process.
+_LOGGED_WITHOUT_FINGERPRINT: set[str] = set()
 
 
 class PackageError(SkyclassError):
@@ -112,21 +127,63 @@ def write_package(models_dir: str, version: str, *, model_keras: bytes, tabular_
     staging = os.path.join(models_dir, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
     os.makedirs(staging)
     try:
-        meta = dict(metadata)
+        meta = {k: v for k, v in metadata.items() if k != FINGERPRINT_KEY}
         meta["version"] = version
-        meta.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        meta.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="microseconds"))
+        # Through JSON and back: the fingerprint must be of exactly what load() will read (tuples become lists,
+        # numpy scalars plain numbers).
+        meta = json.loads(json.dumps(meta, default=_json_default))
         for name, blob in ((MODEL_FILE, model_keras), (TABULAR_MODEL_FILE, tabular_keras)):
             with open(os.path.join(staging, name), "wb") as fh:
                 fh.write(blob)
+        meta[FINGERPRINT_KEY] = package_fingerprint(staging, meta)
         with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2, default=_json_default)
+            json.dump(meta, fh, indent=2)
         _write_curves(os.path.join(staging, CURVES_FILE), meta, simulated=simulated)
         _swap_into_place(staging, final, models_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("model package %s written", final)
+    log.info("model package %s written (fingerprint %s)", final, meta[FINGERPRINT_KEY])
     return final
+
+
+def package_fingerprint(path: str, metadata: Mapping) -> str:
+    """The fingerprint of the package files in ``path`` with ``metadata``: ``sha256:<hex>``.
+
+    A SHA-256 over each weight file's own SHA-256 (by name) and the canonical JSON of the metadata without its
+    ``fingerprint`` key (sorted keys, no spaces), so any change of weights or metadata changes it, and rewriting the
+    same metadata with different indentation does not.
+
+    Parameters
+    ----------
+    path : str
+        Package (or staging) folder holding :data:`FINGERPRINTED_FILES`.
+    metadata : mapping
+        JSON-serialisable metadata as stored in ``metadata.json``.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    PackageError
+        A weight file cannot be read.
+    """
+    digest = hashlib.sha256(_FINGERPRINT_SCHEME)
+    for name in FINGERPRINTED_FILES:
+        file_digest = hashlib.sha256()
+        try:
+            with open(os.path.join(path, name), "rb") as fh:
+                for block in iter(lambda: fh.read(_HASH_CHUNK_BYTES), b""):
+                    file_digest.update(block)
+        except OSError as err:
+            raise PackageError(f"cannot read {os.path.join(path, name)} to fingerprint the package ({err})") from None
+        digest.update(f"{name}\0{file_digest.hexdigest()}\n".encode("utf-8"))
+    described = {k: v for k, v in metadata.items() if k != FINGERPRINT_KEY}
+    digest.update(json.dumps(described, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8"))
+    return f"sha256:{digest.hexdigest()}"
 
 
 def _json_default(value):
@@ -170,10 +227,10 @@ def _swap_into_place(staging: str, final: str, models_dir: str) -> None:
 
 
 def list_packages(models_dir: str) -> list[str]:
-    """Paths of the complete packages under ``models_dir``, oldest first (ordered by version name).
+    """Paths of the complete packages under ``models_dir``, oldest first by ``created_at`` (see :func:`created_at`).
 
     Staging and replaced folders (hidden names), checkpoint folders and folders missing a required file are left
-    out.
+    out. Equal creation times are ordered by folder name, so the order never depends on the file system.
     """
     try:
         names = os.listdir(models_dir)
@@ -186,11 +243,31 @@ def list_packages(models_dir: str) -> list[str]:
             continue
         if all(os.path.isfile(os.path.join(path, f)) for f in REQUIRED_FILES):
             packages.append(path)
-    return packages
+    return sorted(packages, key=lambda p: (created_at(p), os.path.basename(p)))
+
+
+def created_at(path: str) -> datetime:
+    """When the package at ``path`` was written (its metadata's ``created_at``, as an aware UTC datetime).
+
+    A package whose metadata is unreadable or lacks a parsable ``created_at`` counts as the oldest possible
+    (logged), so it is never mistaken for the newest.
+    """
+    try:
+        with open(os.path.join(path, METADATA_FILE), encoding="utf-8") as fh:
+            text = json.load(fh)["created_at"]
+        stamp = datetime.fromisoformat(str(text))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("model package %s has no readable created_at (%s: %s); it counts as the oldest package", path,
+                    type(err).__name__, err)
+        return datetime.min.replace(tzinfo=timezone.utc)
+    # A naive time is taken as UTC, which is what write_package writes.
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
 def latest_package(models_dir: str) -> str:
-    """Path of the newest complete package (the greatest version name; timestamps sort chronologically).
+    """Path of the newest complete package: the latest ``created_at`` (ties: the greatest folder name).
+
+    Names are not compared: ``v2`` must not outrank a package trained later under a timestamp name.
 
     Raises
     ------
@@ -213,12 +290,15 @@ class ModelPackage:
 
     @classmethod
     def load(cls, path: str) -> "ModelPackage":
-        """Read a package's metadata and check its files are there.
+        """Read a package's metadata, check its files are there and match its fingerprint.
+
+        A package without a stored fingerprint (written before fingerprints existed) gets one computed from its
+        files, logged once per process.
 
         Raises
         ------
         PackageError
-            ``path`` is not a complete package.
+            ``path`` is not a complete package, or its files no longer match its fingerprint.
         """
         missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(path, f))]
         if missing:
@@ -229,11 +309,32 @@ class ModelPackage:
                 metadata = json.load(fh)
             except json.JSONDecodeError as err:
                 raise PackageError(f"{path}/{METADATA_FILE} is not valid JSON ({err}); retrain the model") from None
+        if not isinstance(metadata, dict):
+            raise PackageError(f"{path}/{METADATA_FILE} is not a JSON object; retrain the model")
+        computed = package_fingerprint(path, metadata)
+        stored = metadata.get(FINGERPRINT_KEY)
+        if stored is None:
+            # Written before packages had fingerprints: identify it by what its files are now.
+            if path not in _LOGGED_WITHOUT_FINGERPRINT:
+                _LOGGED_WITHOUT_FINGERPRINT.add(path)
+                log.info("model package %s has no fingerprint (written before fingerprints); computed %s from its "
+                         "files", path, computed)
+            metadata = {**metadata, FINGERPRINT_KEY: computed}
+        elif stored != computed:
+            raise PackageError(
+                f"model package {path} no longer matches its fingerprint: metadata.json says {stored}, its files "
+                f"give {computed}, so {', '.join(FINGERPRINTED_FILES)} or {METADATA_FILE} changed after the package "
+                "was written. Restore the package or retrain it (skyclass train); never edit a package in place")
         return cls(path=path, metadata=metadata)
 
     @property
     def version(self) -> str:
         return self.metadata["version"]
+
+    @property
+    def fingerprint(self) -> str:
+        """``sha256:<hex>`` of the weights and metadata (verified when the package was loaded)."""
+        return self.metadata[FINGERPRINT_KEY]
 
     @property
     def mode(self) -> str:

@@ -35,7 +35,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SIMULATED_LABEL = "SIMULATED cutouts (stand-in renderer) — not a result on real SDSS images"
+SIMULATED_LABEL = "SIMULATED data (stand-in or skyclass simulate) — not a result on real SDSS data"
 # A pure red that none of the data colours below use, so the banner stands out (and tests can find it).
 SIMULATED_LABEL_COLOR = "#cc0000"
 DPI = 110

@@ -17,9 +17,10 @@ from typing import Mapping, Sequence
 
 from skyclass.metrics import comparison_table
 
-SIMULATED_BANNER = ("> **SIMULATED CUTOUTS.** Results, tables and figures marked *SIMULATED* come from image or "
-                    "multimodal models trained and evaluated on stand-in cutouts (rendered by `skyclass.standin`), "
-                    "not real SDSS images. They test the machinery, not the science.")
+SIMULATED_BANNER = ("> **SIMULATED DATA.** Results, tables and figures marked *SIMULATED* were trained or evaluated "
+                    "on simulated data, as the lake records it: cutouts rendered by the SkyServer stand-in or by "
+                    "`skyclass simulate` (the cutouts' `source`), or a catalog made by `skyclass simulate`. They are "
+                    "not results on real SDSS data: they test the machinery, not the science.")
 CLASS_MIX_NOTE = ("The labelled objects were selected per class (SkyServer queries of the form `TOP N ... WHERE "
                   "class = 'X'`), so the class mix of every table and figure here is that selection's, not the "
                   "sky's; QSOs in particular are over-represented compared with a random spectroscopic sample.")

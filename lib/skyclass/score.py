@@ -19,8 +19,11 @@ Status of a prediction (``lake.PREDICTIONS.status``), first match wins:
 ``ok``
     everything the model needs was there.
 
-Nights are incremental: objects already scored by the same model version in ANY ``run_date`` partition are
-skipped (a left anti-join), unless ``score.rescore``. The night's partition is rewritten whole in a staging
+Nights are incremental: objects already scored by the same model package -- the same *fingerprint*
+(:func:`skyclass.package.package_fingerprint`), not merely the same version name -- in ANY ``run_date`` partition
+are skipped (a left anti-join), unless ``score.rescore``. A package retrained under the same version has a new
+fingerprint, so every object is scored again; rows of nights scored before fingerprints existed (no
+``model_fingerprint``) match no package and are rescored too. The night's partition is rewritten whole in a staging
 folder and swapped in, so rerunning a night replaces it atomically and holds each object once; other nights'
 partitions are never touched.
 """
@@ -51,9 +54,10 @@ STATUSES = (STATUS_OK, STATUS_NO_CUTOUT, STATUS_BAD_PHOTOMETRY)
 PROBABILITY_COLUMNS = {"GALAXY": "p_galaxy", "STAR": "p_star", "QSO": "p_qso"}
 _ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _EMPTY_DTYPES = {"objid": "int64", "predicted_class": "object", "p_galaxy": "float32", "p_star": "float32",
-                 "p_qso": "float32", "model_version": "object", "status": "object"}
+                 "p_qso": "float32", "model_version": "object", "model_fingerprint": "object", "status": "object"}
 
-# Per Python worker: (package path, version) -> (main model, tabular model). Module-level on purpose: Spark reuses
+# Per Python worker: (package path, fingerprint) -> (main model, tabular model). The fingerprint, not the version:
+# a package retrained under the same version at the same path must not be served from the old weights. Module-level on purpose: Spark reuses
 # Python workers across tasks (spark.python.worker.reuse), and the mapInPandas function is a module-level function
 # pickled by reference, so every task a worker runs finds the models already loaded.
 _MODEL_CACHE: dict[tuple[str, str], tuple[object, object]] = {}
@@ -69,6 +73,7 @@ class ScoringSpec:
 
     package_path: str
     version: str
+    fingerprint: str
     mode: str
     features: tuple[str, ...]
     classes: tuple[str, ...]
@@ -82,7 +87,8 @@ class ScoringSpec:
     @classmethod
     def from_package(cls, package, package_path: str) -> "ScoringSpec":
         """Spec of a loaded :class:`skyclass.package.ModelPackage`."""
-        return cls(package_path=str(package_path), version=str(package.version), mode=str(package.mode),
+        return cls(package_path=str(package_path), version=str(package.version),
+                   fingerprint=str(package.fingerprint), mode=str(package.mode),
                    features=tuple(package.features), classes=tuple(package.classes),
                    normalisation={k: dict(v) for k, v in package.normalisation.items()},
                    image_size_px=int(package.metadata.get("image_size_px") or 0))
@@ -99,12 +105,13 @@ class ScoreResult:
     path: str  # the night's partition folder
     n_catalog: int
     n_scored: int  # objects classified in this run
-    n_skipped: int  # objects already scored by this model version (0 with rescore)
+    n_skipped: int  # objects already scored by this package (same fingerprint; 0 with rescore)
     n_night_rows: int  # rows in the night's partition after the run (scored now + kept from an earlier run)
     status_counts: Mapping[str, int] = field(default_factory=dict)  # over the night's partition
     rescore: bool = False
     model_loads: int = 0  # model loads in Python workers (one per worker, not per batch)
     seconds: float = 0.0
+    model_fingerprint: str = ""
 
     @property
     def objects_per_s(self) -> float:
@@ -114,7 +121,8 @@ class ScoreResult:
         statuses = ", ".join(f"{s}={self.status_counts.get(s, 0):,}" for s in STATUSES)
         what = "rescored" if self.rescore else "scored"
         return (f"{what} {self.n_scored:,} of {self.n_catalog:,} objects of {self.catalog} with model "
-                f"{self.model_version} ({self.n_skipped:,} already scored by it, skipped) in {self.seconds:.1f} s "
+                f"{self.model_version} [{self.model_fingerprint[:19]}] ({self.n_skipped:,} already scored by it, "
+                f"skipped) in {self.seconds:.1f} s "
                 f"({self.objects_per_s:,.0f} objects/s, {self.model_loads} worker model loads); "
                 f"{self.path}: {self.n_night_rows:,} rows ({statuses})")
 
@@ -193,6 +201,7 @@ def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_mode
     for name, column in PROBABILITY_COLUMNS.items():
         out[column] = proba[:, spec.classes.index(name)]
     out["model_version"] = spec.version
+    out["model_fingerprint"] = spec.fingerprint
     out["status"] = status
     return out[lake.PREDICTIONS.names]
 
@@ -202,7 +211,7 @@ def worker_models(spec: ScoringSpec, loads=None) -> tuple[object, object]:
 
     ``loads`` (a Spark accumulator, optional) counts actual loads so the driver can report them.
     """
-    key = (spec.package_path, spec.version)
+    key = (spec.package_path, spec.fingerprint)
     cached = _MODEL_CACHE.get(key)
     if cached is not None:
         return cached
@@ -213,6 +222,12 @@ def worker_models(spec: ScoringSpec, loads=None) -> tuple[object, object]:
     _configure_tensorflow(tf)
     began = time.monotonic()
     package = ModelPackage.load(spec.package_path)
+    if package.fingerprint != spec.fingerprint:
+        # Replaced (e.g. retrained under the same version) after the driver planned this run: scoring on would
+        # label rows with a fingerprint their probabilities did not come from.
+        raise ScoreError(f"model package {spec.package_path} changed while scoring: the run was planned with "
+                         f"fingerprint {spec.fingerprint}, the folder now holds {package.fingerprint}; run the "
+                         "scoring job again")
     main_model = package.load_model()
     tabular_model = package.load_tabular_model() if spec.needs_images else main_model
     _MODEL_CACHE.clear()  # one package per worker at a time: a new version replaces the old one's memory
@@ -379,21 +394,23 @@ def score_catalog(spark, conf) -> ScoreResult:
     predictions_root = conf.lake.path("predictions")
     previous = read_predictions(spark, predictions_root)
     if previous is not None and not conf.score.rescore:
-        done = previous.filter(F.col("model_version") == spec.version).select("objid")
+        done = previous.filter(F.col("model_fingerprint") == spec.fingerprint).select("objid")
         objects = objects.join(done, "objid", "left_anti")
+        _log_rows_without_fingerprint(previous, spec)
     n_catalog = catalog.count()
     n_to_score = objects.count()
     night_path = f"{predictions_root.rstrip('/')}/{_night_dirname(run_date)}"
     if n_to_score == 0:
         # Nothing new: the night's partition (if any) already holds what a rewrite would produce.
-        log.info("all %d objects of %s are already scored by model %s; nothing to do", n_catalog,
-                 conf.score.catalog, spec.version)
+        log.info("all %d objects of %s are already scored by model %s (fingerprint %s); nothing to do", n_catalog,
+                 conf.score.catalog, spec.version, spec.fingerprint)
         have_night = lake.table_exists(spark, night_path)
         counts = _status_counts(spark, night_path) if have_night else {}
         return ScoreResult(run_date=run_date, model_version=spec.version, package_path=package_path,
                            catalog=conf.score.catalog, path=night_path, n_catalog=n_catalog, n_scored=0,
                            n_skipped=n_catalog, n_night_rows=sum(counts.values()), status_counts=counts,
-                           rescore=conf.score.rescore, seconds=time.monotonic() - began)
+                           rescore=conf.score.rescore, seconds=time.monotonic() - began,
+                           model_fingerprint=spec.fingerprint)
 
     to_score = objects
     if spec.needs_images:
@@ -423,8 +440,8 @@ def score_catalog(spark, conf) -> ScoreResult:
     previous_batch = spark.conf.get(_ARROW_BATCH_KEY, None)
     spark.conf.set(_ARROW_BATCH_KEY, str(conf.score.batch_rows))
     try:
-        log.info("scoring %d of %d objects of %s with model %s (%s) into %s", n_to_score, n_catalog,
-                 conf.score.catalog, spec.version, spec.mode, night_path)
+        log.info("scoring %d of %d objects of %s with model %s (%s, fingerprint %s) into %s", n_to_score, n_catalog,
+                 conf.score.catalog, spec.version, spec.mode, spec.fingerprint, night_path)
         replace_partition(spark, predictions_root, run_date, lambda staging: night.write.parquet(staging))
     finally:
         if previous_batch is None:
@@ -436,9 +453,23 @@ def score_catalog(spark, conf) -> ScoreResult:
                          catalog=conf.score.catalog, path=night_path, n_catalog=n_catalog, n_scored=n_to_score,
                          n_skipped=n_catalog - n_to_score if not conf.score.rescore else 0,
                          n_night_rows=sum(counts.values()), status_counts=counts, rescore=conf.score.rescore,
-                         model_loads=int(loads.value), seconds=time.monotonic() - began)
+                         model_loads=int(loads.value), seconds=time.monotonic() - began,
+                         model_fingerprint=spec.fingerprint)
     log.info("%s", result)
     return result
+
+
+def _log_rows_without_fingerprint(previous, spec: ScoringSpec) -> None:
+    """Say so when earlier nights scored objects with this version before fingerprints existed: those rows
+    cannot prove they came from this package, so their objects are scored again."""
+    from pyspark.sql import functions as F
+
+    legacy = (previous.filter(F.col("model_fingerprint").isNull() & (F.col("model_version") == spec.version))
+              .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("run_date").alias("nights")).collect()[0])
+    if legacy["rows"]:
+        log.info("%d prediction rows in %d earlier night(s) name model version %s but carry no model_fingerprint "
+                 "(scored before fingerprints); they do not count as scored by package %s, so those objects are "
+                 "scored again", legacy["rows"], legacy["nights"], spec.version, spec.fingerprint)
 
 
 def _check_spec(spec: ScoringSpec) -> None:

@@ -14,6 +14,11 @@ for drawing galaxies as galaxies and stars as points.
 Statuses the scoring job must handle are exercised on purpose: a fraction of objects has no cutout at all
 (``missing_cutout_fraction``), a fraction has one sentinel magnitude (-9999, quality ``bad_photometry``), and
 optionally a fraction of cutouts is truncated JPEG bytes (``corrupt_cutout_fraction``).
+
+It cannot destroy a real lake: before writing, :func:`check_lake_is_simulated` refuses any lake whose source
+tables (catalog, photometric, cutouts, training) are not all marked simulated, and what it writes is marked so:
+each table gets a ``_provenance.json`` (builder ``skyclass simulate``, ``simulated: true``) and every cutout row
+carries ``source = simulate``.
 """
 from __future__ import annotations
 
@@ -45,10 +50,18 @@ SENTINEL_MAG = -9999.0
 _RENDER_CHUNK_ROWS = 1000
 # Truncated JPEGs keep the header only, like a download cut off mid-body.
 _CORRUPT_JPEG_BYTES = 100
+BUILDER = "skyclass simulate"
+# Tables of a lake that hold (or are made from) source data; a lake may be simulated into only when each one that
+# exists is marked simulated. Models, predictions and reports are outputs and are not touched by simulate.
+GUARDED_TABLES = ("catalog", "photometric", "cutouts", "training")
 
 
 class SimulationError(SkyclassError, ValueError):
     """The simulation was asked for something impossible (the message names the argument)."""
+
+
+class RealLakeError(SimulationError):
+    """``skyclass simulate`` was pointed at a lake holding a table that is not marked simulated."""
 
 
 @dataclass(frozen=True)
@@ -205,7 +218,102 @@ def _cutout_batches(batches: Iterator[pd.DataFrame], *, n_objects: int, rows_per
                     "size_px": np.full(len(chunk), size_px, np.int32),
                     "jpeg": jpegs,
                     "fetched_at": pd.Series([fetched_at] * len(chunk), dtype="datetime64[us]"),
+                    "source": lake.SOURCE_SIMULATE,
                 })
+
+
+def why_not_simulated(spark, conf, name: str):
+    """Why the lake table ``name`` does not count as simulated, or None when it does (or does not exist).
+
+    ``catalog`` and ``photometric`` need a ``_provenance.json`` saying ``simulated: true``; ``cutouts`` needs
+    every row's ``source`` to be a simulated one (``simulate``, ``standin-simulated``: the rows carry their own
+    mark, and a table written before sources were recorded reads as ``unknown``); ``training`` needs its
+    stats.json to say it was built from a simulated catalog with simulated cutouts only.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    conf : Config
+    name : str
+        One of :data:`GUARDED_TABLES`.
+
+    Returns
+    -------
+    str or None
+    """
+    path = conf.lake.table(name)
+    if name == "training":
+        stats_path = lake.training_stats_path(conf.lake.path("root"))
+        if not lake.table_exists(spark, lake.training_split_path(conf.lake.path("root"), "train")):
+            return None
+        from skyclass.input_pipeline import load_training_stats
+
+        try:
+            stats = load_training_stats(stats_path).raw
+        except SkyclassError as err:
+            return f"its statistics are unreadable ({err})"
+        if not stats.get("catalog_simulated"):
+            return f"{stats_path} does not say it was built from a simulated catalog"
+        real = sorted(s for s, n in (stats.get("cutout_sources") or {}).items()
+                      if n and s not in lake.SIMULATED_SOURCES)
+        return f"{stats_path} counts cutouts of source(s) {', '.join(real)}" if real else None
+    if not lake.table_exists(spark, path):
+        return None
+    if name == "cutouts":
+        from pyspark.sql import functions as F
+
+        real = [row["source"] for row in lake.read_cutouts(spark, path).select("source").distinct()
+                .where(~F.col("source").isin(*lake.SIMULATED_SOURCES)).limit(3).collect()]
+        return f"it holds cutouts of source(s) {', '.join(sorted(real))}" if real else None
+    try:
+        provenance = lake.read_provenance(path)
+    except ValueError as err:
+        return str(err)
+    if provenance is None:
+        return f"it has no {lake.PROVENANCE_FILE}"
+    if provenance.get("simulated") is not True:
+        return f"its {lake.PROVENANCE_FILE} (builder {provenance.get('builder')!r}) does not say simulated: true"
+    return None
+
+
+def check_lake_is_simulated(spark, conf) -> None:
+    """Refuse to simulate into a lake that holds real data.
+
+    Raises
+    ------
+    RealLakeError
+        A table of :data:`GUARDED_TABLES` exists and is not marked simulated (see :func:`why_not_simulated`); the
+        message names the lake, the table and what to do.
+    """
+    for name in GUARDED_TABLES:
+        why = why_not_simulated(spark, conf, name)
+        if why is not None:
+            root = conf.lake.path("root")
+            raise RealLakeError(
+                f"refusing to write a SIMULATED lake into {root}: its {name} table ({conf.lake.table(name)}) is not "
+                f"marked simulated ({why}). skyclass simulate replaces the catalog and cutouts tables, which would "
+                f"destroy real data or mix simulated objects into it. Point lake.root at another folder, e.g. "
+                f"--set lake.root={root.rstrip('/')}-simulated")
+
+
+def _provenance(rows: int, inputs: Mapping) -> dict:
+    from skyclass.package import code_version
+
+    return {"builder": BUILDER, "version": code_version(),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": int(rows),
+            "simulated": True, "inputs": dict(inputs)}
+
+
+def _write_marked(spark, path: str, frame, inputs: Mapping) -> None:
+    """Write ``frame`` as the table at ``path`` with its provenance, both swapped in together."""
+
+    def write(staging: str) -> None:
+        frame.write.parquet(staging)
+        # Through the part files: Spark treats the "_"-prefixed staging folder itself as hidden (and warns).
+        rows = spark.read.parquet(f"{staging.rstrip('/')}/*.parquet").count()
+        lake.write_provenance(staging, _provenance(rows, inputs))
+
+    lake.replace_directory(spark, path, write)
 
 
 def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partition: int | None = None,
@@ -214,7 +322,9 @@ def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partit
     """Write a SIMULATED catalog table and its cutouts table into the lake, generated in the executors.
 
     The catalog table is the one ``conf.score.catalog`` names (``photometric`` by default, or the labelled
-    ``catalog``); both it and ``cutouts/`` are replaced atomically (any previous table at those paths is gone).
+    ``catalog``); both it and ``cutouts/`` are replaced atomically (any previous table at those paths is gone), each
+    with a ``_provenance.json`` marking it simulated. A lake holding a table that is not marked simulated is
+    refused before anything is written (:func:`check_lake_is_simulated`).
 
     Parameters
     ----------
@@ -242,6 +352,8 @@ def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partit
     ------
     SimulationError
         An argument is out of range.
+    RealLakeError
+        The lake holds a table that is not marked simulated.
     """
     if isinstance(n_objects, bool) or not isinstance(n_objects, int) or n_objects <= 0:
         raise SimulationError(f"n_objects must be a positive integer, got {n_objects!r}")
@@ -258,6 +370,7 @@ def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partit
     if rows_per_partition <= 0:
         raise SimulationError(f"rows_per_partition must be > 0, got {rows_per_partition}")
 
+    check_lake_is_simulated(spark, conf)
     began = time.monotonic()
     table = conf.score.catalog
     schema = lake.PHOTOMETRIC if table == "photometric" else lake.CATALOG
@@ -275,7 +388,8 @@ def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partit
         functools.partial(_catalog_batches, table=table, n_objects=n_objects, rows_per_partition=rows_per_partition,
                           options=options),
         schema.spark_schema())
-    lake.replace_directory(spark, catalog_path, lambda staging: catalog_df.write.parquet(staging))
+    inputs = dict(n_objects=n_objects, rows_per_partition=rows_per_partition, **options)
+    _write_marked(spark, catalog_path, catalog_df, {"table": table, **inputs})
     log.info("simulated catalog written to %s in %.1f s", catalog_path, time.monotonic() - began)
 
     if cutouts:
@@ -285,7 +399,9 @@ def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partit
                               options=options, scale_arcsec_per_px=conf.cutouts.scale_arcsec_per_px,
                               size_px=conf.cutouts.size_px, fetched_at=fetched_at),
             lake.CUTOUTS.spark_schema())
-        lake.replace_directory(spark, cutouts_path, lambda staging: cutouts_df.write.parquet(staging))
+        _write_marked(spark, cutouts_path, cutouts_df, {"catalog": table, **inputs,
+                                                        "scale_arcsec_per_px": conf.cutouts.scale_arcsec_per_px,
+                                                        "size_px": conf.cutouts.size_px})
         log.info("simulated cutouts written to %s (%.1f s so far)", cutouts_path, time.monotonic() - began)
 
     quality_counts = {row["quality"]: int(row["count"])

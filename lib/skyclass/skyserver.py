@@ -40,6 +40,10 @@ T = TypeVar("T")
 SQLSEARCH_PATH = "SkyServerWS/SearchTools/SqlSearch"
 GETJPEG_PATH = "SkyServerWS/ImgCutout/getjpeg"
 DEFAULT_URL = "https://skyserver.sdss.org/dr17"
+# Our SkyServer stand-in answers getjpeg with this header (value STANDIN_RENDERED): its images are rendered, not
+# SDSS's. The downloader records a cutout's source from the answer itself, never from the URL it asked.
+STANDIN_HEADER = "X-Skyclass-Standin"
+STANDIN_RENDERED = "rendered"
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Phrases of SQL Server / SkyServer (and the stand-in) error texts that mean the query itself is wrong: retrying
 # cannot help, so these fail at once.

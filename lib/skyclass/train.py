@@ -176,7 +176,7 @@ def train_model(spark, conf: Config) -> TrainResult:
     metadata = _metadata(conf, stats, plan, main, tabular)
     path = package.write_package(models_dir, version, model_keras=main["model_keras"],
                                  tabular_keras=tabular["model_keras"], metadata=metadata,
-                                 simulated=bool(stats.raw.get("simulated", False)))
+                                 simulated=metadata["simulated_images"] or metadata["simulated_catalog"])
     result = TrainResult(
         path=path, version=version, mode=tc.mode,
         validation_loss=main["validation"]["loss"], validation_accuracy=main["validation"]["accuracy"],
@@ -305,6 +305,10 @@ def _format_record(record: Mapping) -> str:
     return ", ".join(parts) + f", {record['samples_per_s']:,.0f} samples/s"
 
 
+def _any_simulated_source(cutout_sources) -> bool:
+    return any(n and source in lake.SIMULATED_SOURCES for source, n in (cutout_sources or {}).items())
+
+
 def _history(records) -> dict:
     return {k: [float(r[k]) for r in records] for k in HISTORY_KEYS if records and all(k in r for r in records)}
 
@@ -318,7 +322,12 @@ def _metadata(conf: Config, stats, plan: TrainPlan, main: Mapping, tabular: Mapp
         "normalisation": {k: dict(v) for k, v in main_phase.spec.normalisation.items()},
         "image_size_px": tc.image_size_px, "config": conf.to_dict(),
         "lake_snapshot": {"training_path": os.path.dirname(plan.train_path), "rows": dict(stats.rows),
-                          "label_counts": dict(stats.label_counts), "stats_created_at": stats.created_at},
+                          "label_counts": dict(stats.label_counts), "stats_created_at": stats.created_at,
+                          "cutout_sources": stats.raw.get("cutout_sources")},
+        # What the model learned from, read from the training table's stats.json (i.e. from the data): evaluate
+        # labels the package's results SIMULATED from these.
+        "simulated_images": tc.mode != "tabular" and _any_simulated_source(stats.raw.get("cutout_sources")),
+        "simulated_catalog": bool(stats.raw.get("catalog_simulated", False)),
         "class_weight": {stats.classes[k]: w for k, w in plan.class_weight.items()} if plan.class_weight else None,
         "num_proc": plan.num_proc, "batch_size_per_process": plan.batch_size,
         "history": _history(main["records"]), "tabular_history": _history(tabular["records"]),
@@ -326,7 +335,8 @@ def _metadata(conf: Config, stats, plan: TrainPlan, main: Mapping, tabular: Mapp
         "initial_epoch": main["initial_epoch"], "stopped_early": main["stopped_early"],
         "validation": main["validation"], "tabular_validation": tabular["validation"],
         "code_version": package.code_version(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # Microseconds: latest_package orders packages by it, and two trainings can end within one second.
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
     }
 
 

@@ -5,6 +5,11 @@ Reads ``lake/catalog`` and ``lake/cutouts``; writes ``lake/training/{train,valid
 :data:`skyclass.lake.TRAINING`, plain Parquet with several row groups per file so Petastorm can shard them) and
 ``lake/training/stats.json``. The whole ``training`` folder is swapped in atomically, so a reader sees either the
 previous table or the new one.
+
+stats.json also says what the table was made of, from the data: ``cutout_sources`` (rows per ``lake.CUTOUTS.source``
+among the table's rows; ``unknown`` for cutouts written before sources were recorded), ``catalog_simulated``
+(the catalog's ``_provenance.json`` says ``simulated: true``) and ``simulated`` (either holds). Training and
+evaluation label results SIMULATED from these, never from a config flag.
 """
 from __future__ import annotations
 
@@ -47,6 +52,13 @@ class TrainingTableResult:
     stats_path: str
     elapsed_s: float
     label_counts: dict = field(default_factory=dict)
+    cutout_sources: dict = field(default_factory=dict)  # source -> table rows with a cutout of that source
+    catalog_simulated: bool = False
+
+    @property
+    def simulated(self) -> bool:
+        """The table holds simulated data: a simulated catalog, or any cutout of a simulated source."""
+        return self.catalog_simulated or any(n and s in lake.SIMULATED_SOURCES for s, n in self.cutout_sources.items())
 
     def __str__(self) -> str:
         total = sum(self.rows.values())
@@ -55,6 +67,11 @@ class TrainingTableResult:
                  "  train labels: " + ", ".join(f"{c} {self.label_counts.get(c, 0):,}" for c in CLASSES)]
         if self.excluded:
             lines.append("  excluded: " + ", ".join(f"{reason} {n:,}" for reason, n in sorted(self.excluded.items())))
+        if self.cutout_sources:
+            lines.append("  cutout sources: " + ", ".join(f"{s} {n:,}" for s, n in sorted(self.cutout_sources.items())))
+        if self.simulated:
+            lines.append("  SIMULATED data: " + ("the catalog is simulated" if self.catalog_simulated else
+                                                 "some cutouts are simulated") + "; results on it are labelled so")
         if self.tabular_only:
             lines.append("  WARNING: no cutouts in the lake; tabular-only table (jpeg is null). "
                          "Run `skyclass cutouts` for image/multimodal training.")
@@ -226,6 +243,19 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
             log.info("training table: %d usable catalog rows excluded (no cutout yet; `skyclass cutouts` fetches "
                      "them)", without_cutout)
 
+    catalog_simulated = _catalog_is_simulated(catalog_path)
+    cutout_sources = {}
+    if cutouts is not None:
+        # The same inner join training_rows makes (it drops no other row), so these count the table's rows.
+        cutout_sources = {r["source"]: int(r["count"]) for r in usable.select("objid")
+                          .join(cutouts.select("objid", "source"), on="objid", how="inner")
+                          .groupBy("source").count().collect()}
+        if cutout_sources.get(lake.SOURCE_UNKNOWN):
+            log.warning("training table: %d rows have cutouts of unknown source (written before cutouts recorded "
+                        "their source): results on them cannot be labelled simulated or real. Re-download them "
+                        "(move %s aside and run `skyclass cutouts`) to know.", cutout_sources[lake.SOURCE_UNKNOWN],
+                        conf.lake.table("cutouts"))
+
     rows = training_rows(usable, cutouts, conf.split)
     # Counting needs no JPEG bytes: Parquet reads only the columns a query uses.
     counts = rows.select("split", "class").groupBy("split", "class").count().collect()
@@ -248,6 +278,9 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
         "rows": per_split,
         "image_size_px": _image_size_px(cutouts, conf),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cutout_sources": cutout_sources,
+        "catalog_simulated": catalog_simulated,
+        "simulated": catalog_simulated or any(s in lake.SIMULATED_SOURCES for s in cutout_sources),
     }
     bytes_per_row = _cutout_bytes_per_row(spark, conf.lake.table("cutouts")) + _ROW_OVERHEAD_BYTES
     training_root = f"{root.rstrip('/')}/training"
@@ -273,14 +306,24 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
     log.info("training table written to %s in %.1f s", training_root, elapsed)
     return TrainingTableResult(path=training_root, rows=per_split, excluded=excluded, without_cutout=without_cutout,
                                tabular_only=cutouts is None, stats_path=lake.training_stats_path(root),
-                               elapsed_s=elapsed, label_counts=label_counts)
+                               elapsed_s=elapsed, label_counts=label_counts, cutout_sources=cutout_sources,
+                               catalog_simulated=catalog_simulated)
+
+
+def _catalog_is_simulated(catalog_path: str) -> bool:
+    """The catalog's provenance says it is simulated (``skyclass simulate`` writes one; extract does not)."""
+    try:
+        provenance = lake.read_provenance(catalog_path)
+    except ValueError as err:
+        raise TrainingTableError(str(err)) from None
+    return bool(provenance and provenance.get("simulated") is True)
 
 
 def _cutouts_or_none(spark, path: str):
-    """``objid, jpeg, size_px`` of the cutouts table, or None when there is no table or it is empty."""
+    """``objid, jpeg, size_px, source`` of the cutouts table, or None when there is no table or it is empty."""
     if not lake.table_exists(spark, path):
         return None
-    cutouts = spark.read.parquet(path).select("objid", "jpeg", "size_px")
+    cutouts = lake.read_cutouts(spark, path).select("objid", "jpeg", "size_px", "source")
     if not cutouts.select("objid").limit(1).collect():
         return None
     return cutouts

@@ -9,7 +9,9 @@ Endpoints (``<release>`` is e.g. ``dr17``; paths are case-insensitive like SkySe
   ``row_cap`` rows are returned (the rest silently dropped, as SkyServer does). Bad SQL gets HTTP 500 with a
   plain-text error body naming the problem, like SkyServer's web service.
 - ``GET /<release>/SkyServerWS/ImgCutout/getjpeg?ra=&dec=&scale=&width=&height=&opt=``
-  width/height are clamped to 64..2048 like SkyServer's.
+  width/height are clamped to 64..2048 like SkyServer's. Every JPEG answer carries the header
+  ``X-Skyclass-Standin: rendered`` (``skyserver.STANDIN_HEADER``), so the downloader records its cutouts as
+  ``standin-simulated`` whatever URL it was given.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 
 from skyclass.errors import SkyclassError
+from skyclass.skyserver import STANDIN_HEADER, STANDIN_RENDERED
 from skyclass.standin.sqlite_catalog import CatalogLoadError, SqliteCatalog, StandinSQLError
 
 log = logging.getLogger(__name__)
@@ -410,7 +413,7 @@ def _handler_class(server: StandinServer):
             if server._draw(faults.corrupt_rate):
                 server._count(GETJPEG, "corrupt")
                 jpeg = _corrupt(jpeg, server)
-            self._send(GETJPEG, 200, jpeg, content_type="image/jpeg")
+            self._send(GETJPEG, 200, jpeg, content_type="image/jpeg", headers={STANDIN_HEADER: STANDIN_RENDERED})
 
         def _send(self, endpoint: str, status: int, body: str | bytes, *, content_type="text/plain; charset=utf-8",
                   headers: dict | None = None):
