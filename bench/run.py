@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("extract", "cutouts", "train", "score")
+BENCHES = ("extract", "cutouts", "train", "score", "cluster")
 
 
 def main(argv=None) -> int:
