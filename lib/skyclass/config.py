@@ -62,7 +62,9 @@ class SkyServerConfig:
 
 @dataclass(frozen=True)
 class LakeConfig:
-    # Relative paths resolve against the repository root, so `make demo` works from any folder.
+    # Relative paths resolve against the repository root, so `make demo` works from any folder. root and
+    # predictions are made absolute when the config is loaded (on the driver): executors run in other folders.
+    # They may also be URIs (file:///..., hdfs://..., s3a://..., gs://...), read through skyclass.storage.
     root: str = "lake"
     models: str = "models"
     predictions: str = "predictions"
@@ -308,7 +310,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         _apply_override(raw, item)
     sources = source + (" (with --set overrides)" if overrides else "")
     conf = _build(Config, {k: v for k, v in raw.items()}, "", sources)
-    conf = dataclasses.replace(conf, source=sources)
+    # Qualified here, on the driver: an executor resolving a relative path would land in its own work folder.
+    conf = dataclasses.replace(conf, source=sources, lake=dataclasses.replace(
+        conf.lake, root=resolve_path(conf.lake.root), predictions=resolve_path(conf.lake.predictions)))
     for f in dataclasses.fields(Config):
         section = getattr(conf, f.name)
         if hasattr(section, "validate"):
