@@ -29,7 +29,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from skyclass import lake
+from skyclass import lake, storage
 from skyclass.errors import SkyclassError
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partit
         functools.partial(_catalog_batches, table=table, n_objects=n_objects, rows_per_partition=rows_per_partition,
                           options=options),
         schema.spark_schema())
-    lake.replace_directory(spark, catalog_path, lambda staging: catalog_df.write.parquet(staging))
+    storage.replace_directory(catalog_path, lambda staging: catalog_df.write.parquet(staging))
     log.info("simulated catalog written to %s in %.1f s", catalog_path, time.monotonic() - began)
 
     if cutouts:
@@ -285,7 +285,7 @@ def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partit
                               options=options, scale_arcsec_per_px=conf.cutouts.scale_arcsec_per_px,
                               size_px=conf.cutouts.size_px, fetched_at=fetched_at),
             lake.CUTOUTS.spark_schema())
-        lake.replace_directory(spark, cutouts_path, lambda staging: cutouts_df.write.parquet(staging))
+        storage.replace_directory(cutouts_path, lambda staging: cutouts_df.write.parquet(staging))
         log.info("simulated cutouts written to %s (%.1f s so far)", cutouts_path, time.monotonic() - began)
 
     quality_counts = {row["quality"]: int(row["count"])
