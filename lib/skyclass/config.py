@@ -104,6 +104,10 @@ class ExtractConfig:
     # Unlabelled photometric objects are extracted in this box (degrees); None = no photometric extraction.
     box_ra_deg: Optional[Sequence[float]] = None
     box_dec_deg: Optional[Sequence[float]] = None
+    # The run staged ranges belong to (YYYY-MM-DD; None = today, UTC): a rerun of the same night resumes from its
+    # own finished ranges, a later night fetches afresh. resume: true reuses the staging of any earlier run.
+    run_date: Optional[str] = None
+    resume: bool = False
 
     def validate(self, where: str) -> None:
         _positive(self.page_rows, f"{where}.page_rows")
@@ -115,6 +119,8 @@ class ExtractConfig:
             box = getattr(self, name)
             if box is not None and (len(box) != 2 or not box[0] < box[1]):
                 raise ConfigError(f"{where}.{name} must be [min, max] with min < max, got {box!r}")
+        if self.run_date is not None:
+            _iso_date(self.run_date, f"{where}.run_date")
 
 
 @dataclass(frozen=True)
@@ -418,6 +424,15 @@ def _positive(value: float, key: str) -> None:
 def _non_negative(value: float, key: str) -> None:
     if value < 0:
         raise ConfigError(f"{key} must be >= 0, got {value}")
+
+
+def _iso_date(value: str, key: str) -> None:
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a date written YYYY-MM-DD, got {value!r}") from None
 
 
 def _choice(value: str, choices: Sequence[str], key: str) -> None:
