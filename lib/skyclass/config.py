@@ -138,6 +138,9 @@ class CutoutsConfig:
     max_objects: Optional[int] = None  # a sample for demos; None = every object lacking a cutout
     rows_per_file: int = 5_000  # ~15 KB/object at 64 px: several row groups per file for Petastorm sharding
     rows_per_row_group: int = 1_000
+    # One download per lake at a time (<lake>/_locks/cutouts.lock); a lock whose heartbeat (refreshed every
+    # lock_ttl_s / 4) is older than this belongs to a dead run and is taken over.
+    lock_ttl_s: float = 900.0
 
     def validate(self, where: str) -> None:
         _positive(self.scale_arcsec_per_px, f"{where}.scale_arcsec_per_px")
@@ -145,7 +148,7 @@ class CutoutsConfig:
             raise ConfigError(f"{where}.size_px must be within 64..2048 (SkyServer clamps to that), got {self.size_px}")
         _choice(self.catalog, ("catalog", "photometric"), f"{where}.catalog")
         for name in ("tasks", "concurrency_per_task", "max_requests_per_s", "timeout_s", "rows_per_file",
-                     "rows_per_row_group"):
+                     "rows_per_row_group", "lock_ttl_s"):
             _positive(getattr(self, name), f"{where}.{name}")
         if self.max_objects is not None:
             _positive(self.max_objects, f"{where}.max_objects")

@@ -9,6 +9,7 @@ Layout under ``lake.root`` (see README "The lake")::
     cutout_failures/      objects whose download failed, with the reason; retried on the next run
     training/train|validation|test/   catalog JOIN cutouts with label, split and features
     training/stats.json   per-feature mean/std (training split only), label counts, class names
+    _locks/               lock files of stages that must not run twice at once (cutouts.lock)
 """
 from __future__ import annotations
 
@@ -229,3 +230,8 @@ def table_exists(spark, path: str) -> bool:
         return False
     return any(s.getPath().getName().endswith(".parquet") or s.getPath().getName() == "_SUCCESS"
                for s in fs.listStatus(p))
+
+
+def lock_path(lake_root: str, name: str) -> str:
+    """The lock file ``<lake>/_locks/<name>.lock`` (see :class:`skyclass.storage.Lock`)."""
+    return f"{lake_root.rstrip('/')}/_locks/{name}.lock"
