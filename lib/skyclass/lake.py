@@ -10,18 +10,17 @@ Layout under ``lake.root`` (see README "The lake")::
     training/train|validation|test/   catalog JOIN cutouts with label, split and features
     training/stats.json   per-feature mean/std (training split only), label counts, class names
     _locks/               lock files of stages that must not run twice at once (cutouts.lock)
+
+Every file operation on these paths outside Spark's reader and writer goes through :mod:`skyclass.storage`
+(which also swaps tables in: :func:`skyclass.storage.replace_directory`).
 """
 from __future__ import annotations
 
-import logging
 import os
-import uuid
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pyarrow as pa
-
-log = logging.getLogger(__name__)
 
 MAGNITUDES = ("u", "g", "r", "i", "z")
 COLOURS = ("u_g", "g_r", "r_i", "i_z")  # u-g, g-r, r-i, i-z
@@ -174,62 +173,6 @@ def training_split_path(lake_root: str, split: str) -> str:
 
 def training_stats_path(lake_root: str) -> str:
     return os.path.join(lake_root, "training", "stats.json")
-
-
-def hadoop_fs(spark, path: str):
-    """``(jvm, file system, Hadoop Path)`` for ``path``, so moves and listings work on local disk, HDFS and object
-    stores alike."""
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return jvm, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
-def replace_directory(spark, path: str, write: Callable[[str], None]) -> None:
-    """Write a table to a staging folder, then swap it in for ``path``, so readers never see half a table.
-
-    The staging and previous folders are siblings of ``path`` whose names start with ``_``: Spark's partition
-    discovery and Parquet readers ignore them even if a crash leaves one behind (which matters when ``path`` is one
-    partition, e.g. a night of predictions).
-
-    Parameters
-    ----------
-    spark : SparkSession
-        Used for its Hadoop file system.
-    path : str
-        Final location.
-    write : callable
-        ``write(staging_path)`` writes the complete new table there.
-
-    Raises
-    ------
-    OSError
-        A rename failed; the previous table is put back where possible.
-    """
-    parent, _, name = path.rstrip("/").rpartition("/")
-    token = uuid.uuid4().hex[:8]
-    staging = f"{parent}/_{name}.staging-{token}"
-    write(staging)
-    jvm, fs, final = hadoop_fs(spark, path)
-    previous = jvm.org.apache.hadoop.fs.Path(f"{parent}/_{name}.previous-{token}")
-    # Keep the old table until the new one is in place: a crash between the renames leaves one of them whole.
-    had_old = fs.exists(final)
-    if had_old and not fs.rename(final, previous):
-        raise OSError(f"could not move {path} aside to replace it")
-    if not fs.rename(jvm.org.apache.hadoop.fs.Path(staging), final):
-        if had_old:
-            fs.rename(previous, final)
-        raise OSError(f"could not move {staging} to {path}")
-    if had_old:
-        fs.delete(previous, True)
-
-
-def table_exists(spark, path: str) -> bool:
-    """True when ``path`` holds a Parquet table (a ``_SUCCESS`` marker or any Parquet file)."""
-    _, fs, p = hadoop_fs(spark, path)
-    if not fs.exists(p):
-        return False
-    return any(s.getPath().getName().endswith(".parquet") or s.getPath().getName() == "_SUCCESS"
-               for s in fs.listStatus(p))
 
 
 def lock_path(lake_root: str, name: str) -> str:
