@@ -21,9 +21,9 @@ Resuming and replacing
     today in UTC), recorded in ``_RUN.json`` of the plan folder: a rerun of the same run skips ranges that have a
     ``_DONE`` marker, so an interrupted run resumes where it stopped; a later night with the same plan discards
     the staging (logged) and fetches afresh, unless ``extract.resume`` (``--resume``); a different plan discards
-    the old staging. When every range is done, the ranges are assembled, the quality
-    rules applied, and the table swapped in whole with :func:`skyclass.storage.replace_directory` (a rerun replaces,
-    never appends); the staging folder is then deleted, so the next run fetches afresh.
+    the old staging. When every range is done, the ranges are assembled, the quality rules applied, and the table
+    swapped in whole with :func:`skyclass.storage.replace_directory` (a rerun replaces, never appends); the
+    staging folder is then deleted, so the next run fetches afresh.
 
 Quality rules (both tables; the first rule that applies wins)
     ``zWarning != 0`` → quality ``zwarning``; any magnitude missing or implausible (sentinels such as -9999, see
@@ -467,6 +467,11 @@ def prepare_staging(plan: "ExtractionPlan", run_date: str, resume: bool = False)
         The run's key (``extract.run_date``, default today in UTC).
     resume : bool
         Reuse the staging of whatever run left it (``extract.resume`` / ``--resume``).
+
+    Returns
+    -------
+    str
+        ``plan.folder``, holding only ranges of this run (or, with ``resume``, of the run that left them).
     """
     root, _ = storage.split(plan.folder)
     for entry in storage.list_entries(root):

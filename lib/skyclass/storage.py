@@ -91,7 +91,7 @@ def _parse(path: str) -> _Location:
         if not authority:
             raise StorageError(f"{path}: an object-store URI needs a bucket ({scheme}://bucket/key)")
         return _Location("s3" if scheme in _S3_SCHEMES else "gs", authority, f"{authority}/{key}".rstrip("/"))
-    if scheme in ("hdfs", "viewfs"):
+    if scheme == "hdfs":
         return _Location(scheme, authority, "/" + key)
     return _Location(scheme, authority, path)
 
@@ -105,10 +105,8 @@ def _new_filesystem(location: _Location):
 
     if location.scheme == "file":
         return pafs.LocalFileSystem()
-    if location.scheme in ("hdfs", "viewfs"):
+    if location.scheme == "hdfs":
         host, _, port = location.authority.partition(":")
-        if location.scheme == "viewfs":
-            host = f"viewfs://{location.authority}"
         return pafs.HadoopFileSystem(host or "default", int(port) if port else 0)
     if location.scheme == "s3":
         options = {}
@@ -153,7 +151,7 @@ def filesystem(path: str):
             except (OSError, ValueError, ImportError) as err:
                 raise StorageError(f"cannot open the file system of {path} ({err}); supported are local paths, "
                                    "file://, hdfs://, s3a:// (s3://, s3n://) and gs:// URIs") from None
-            if location.scheme not in ("file", "hdfs", "viewfs", "s3", "gs"):
+            if location.scheme not in ("file", "hdfs", "s3", "gs"):
                 return fs, location.fs_path  # from_uri file systems may be bound to the URI: not cached
             _FILESYSTEMS[key] = fs
     return fs, location.fs_path
