@@ -97,3 +97,13 @@ def test_the_removed_simulated_flag_says_the_data_decide_now():
     with pytest.raises(ConfigError, match="evaluate.cutouts_are_simulated .*no longer exists.*source"):
         load_config(LOCAL, ["evaluate.cutouts_are_simulated=false"])
     assert not hasattr(load_config(CLUSTER).evaluate, "cutouts_are_simulated")
+
+
+def test_lake_root_and_predictions_are_absolute_once_loaded(tmp_path, monkeypatch):
+    """Executors run in other working folders: a relative lake path must not reach them."""
+    monkeypatch.chdir(tmp_path)  # the repository root decides, not the current folder
+    conf = load_config(None, ["lake.root=some/lake", "lake.predictions=preds"])
+    assert conf.lake.root == str(REPO_ROOT / "some" / "lake")
+    assert conf.lake.predictions == str(REPO_ROOT / "preds")
+    uris = load_config(None, ["lake.root=file:///data/lake", "lake.predictions=hdfs:///data/predictions"])
+    assert (uris.lake.root, uris.lake.predictions) == ("file:///data/lake", "hdfs:///data/predictions")

@@ -406,6 +406,120 @@ def test_missing_catalog_says_which_step_to_run(spark, conf_for):
         download_cutouts(spark, conf)
 
 
+# --- one download per lake ------------------------------------------------------------------------------------------
+
+LAKE_LOCK_HOLDER = textwrap.dedent("""
+    import sys
+    from skyclass import lake
+    from skyclass.config import load_config
+    from skyclass.storage import Lock
+
+    conf = load_config(None, sys.argv[1:])
+    with Lock(lake.lock_path(conf.lake.path("root"), "cutouts"), run_id="nightly-2026-01-01", ttl_s=3600,
+              purpose="cutouts download"):
+        print("held", flush=True)
+        sys.stdin.readline()
+""")
+
+
+@pytest.fixture
+def lake_lock_holder():
+    """``lake_lock_holder(conf)``: another process holding the lake's cutouts lock (stopped at the end)."""
+    started = []
+
+    def start(conf) -> subprocess.Popen:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")]))
+        process = subprocess.Popen([sys.executable, "-c", LAKE_LOCK_HOLDER, f"lake.root={conf.lake.path('root')}"],
+                                   env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+
+
+def test_a_second_download_of_the_lake_is_refused_at_once(spark, conf_for, standin_factory, lake_lock_holder):
+    from skyclass.storage import LockHeldError
+
+    catalog = make_labelled(20, seed=13)
+    server = standin_factory(catalogs=[catalog])
+    conf = cutouts_conf(conf_for, server.url)
+    write_catalog(conf, catalog)
+    holder = lake_lock_holder(conf)
+    lock_file = lake.lock_path(conf.lake.path("root"), "cutouts")
+    with pytest.raises(LockHeldError) as refused:
+        download_cutouts(spark, conf)
+    for part in ("another cutouts download is running", "nightly-2026-01-01", f"pid {holder.pid}",
+                 f"delete {lock_file}", "cutouts.lock_ttl_s"):
+        assert part in str(refused.value), part
+    assert server.stats().get("getjpeg", {}).get("requests", 0) == 0  # refused before any download
+    assert not os.path.exists(conf.lake.table("cutouts"))
+
+    holder.stdin.write("done\n")
+    holder.stdin.flush()
+    assert holder.wait(30) == 0
+    result = download_cutouts(spark, conf)
+    assert result.stored == 20 and not os.path.exists(lock_file)  # released when the run ends
+
+
+def test_the_lock_of_a_killed_download_is_recovered_with_a_warning(spark, conf_for, standin_factory,
+                                                                   lake_lock_holder, caplog):
+    catalog = make_labelled(10, seed=14)
+    server = standin_factory(catalogs=[catalog])
+    conf = cutouts_conf(conf_for, server.url)
+    write_catalog(conf, catalog)
+    holder = lake_lock_holder(conf)
+    holder.kill()
+    holder.wait(30)
+    with caplog.at_level(logging.WARNING, logger="skyclass.storage"):
+        result = download_cutouts(spark, conf)
+    assert result.stored == 10
+    assert f"process {holder.pid} on this host" in caplog.text and "nightly-2026-01-01" in caplog.text
+    assert not os.path.exists(lake.lock_path(conf.lake.path("root"), "cutouts"))
+
+
+def test_a_lock_whose_heartbeat_is_older_than_the_ttl_is_taken_over(spark, conf_for, standin_factory, caplog):
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    catalog = make_labelled(10, seed=15)
+    server = standin_factory(catalogs=[catalog])
+    conf = cutouts_conf(conf_for, server.url, lock_ttl_s=60)
+    write_catalog(conf, catalog)
+    lock_file = Path(lake.lock_path(conf.lake.path("root"), "cutouts"))
+    lock_file.parent.mkdir(parents=True)
+    # A run on another machine whose last heartbeat is a day old (far beyond the 60 s TTL: no race with the clock).
+    beat = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+    lock_file.write_text(json.dumps({"host": "worker-7.example", "pid": 1, "run_id": "lost-run",
+                                     "started_at": beat, "heartbeat_at": beat, "token": "x"}))
+    with caplog.at_level(logging.WARNING, logger="skyclass.storage"):
+        assert download_cutouts(spark, conf).stored == 10
+    assert "lost-run" in caplog.text and "more than 60 s" in caplog.text and not lock_file.exists()
+
+
+def test_the_lock_is_released_when_the_download_fails(spark, conf_for, standin_factory, monkeypatch):
+    from skyclass import cutouts
+
+    catalog = make_labelled(10, seed=16)
+    server = standin_factory(catalogs=[catalog])
+    conf = cutouts_conf(conf_for, server.url)
+    write_catalog(conf, catalog)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("driver-side failure mid-run")
+
+    monkeypatch.setattr(cutouts, "_rewrite_failures", broken)
+    with pytest.raises(RuntimeError, match="mid-run"):
+        download_cutouts(spark, conf)
+    assert not os.path.exists(lake.lock_path(conf.lake.path("root"), "cutouts"))
+    monkeypatch.undo()
+    assert download_cutouts(spark, conf).skipped_present == 10  # the next run is not locked out
+
+
 # --- killed runs ------------------------------------------------------------------------------------------------------
 
 def wait_for(condition, timeout_s: float, what: str) -> None:

@@ -15,7 +15,8 @@ from skyclass import lake
 from skyclass.config import ConfigError
 from skyclass.extract import (ExtractError, IdRange, catalog_page_sql, catalog_plan, extract_catalog,
                               extract_photometric, fetch_catalog_range, frame_to_arrow, photo_columns, plan_balanced_ranges,
-                              plan_id_ranges, plan_ra_strips, raw_schema, write_range)
+                              plan_id_ranges, plan_ra_strips, prepare_staging, raw_schema, read_done_marker,
+                              write_range)
 from skyclass.skyserver import SkyServerClient
 from skyclass.standin.server import Faults
 
@@ -198,10 +199,11 @@ def test_sql_error_names_the_query(spark, conf_for, standin):
 def test_resume_skips_completed_ranges(spark, conf_for, standin_factory):
     source = make_labelled(1500, seed=13)
     server = standin_factory([source])
-    conf = _conf(conf_for, server, source, tasks=4, page_rows=200)
+    conf = _conf(conf_for, server, source, tasks=4, page_rows=200, run_date="2026-01-01")
     plan = catalog_plan(conf)
     columns, extra = photo_columns(conf)
-    # An earlier run that completed ranges 0 and 1 before it was interrupted.
+    # An earlier attempt of this run (the same night) that completed ranges 0 and 1 before it was interrupted.
+    prepare_staging(plan, "2026-01-01")
     with SkyServerClient(server.url, max_requests_per_s=1000) as client:
         for rng in plan.ranges[:2]:
             frame, stats = fetch_catalog_range(client, rng, columns, 200, server.row_cap)
@@ -215,6 +217,58 @@ def test_resume_skips_completed_ranges(spark, conf_for, standin_factory):
     _compare_one_to_one(spark, conf.lake.table("catalog"), source)
     # A finished run leaves no staging, so the next run fetches everything again (and replaces the table).
     assert not (tmp_lake_root(conf) / "catalog.ranges").exists()
+
+
+def _interrupted_run(spark, conf_for, server, source, run_date):
+    """A real extraction of ``run_date`` that dies half-way: of its two ranges (one page each) one fails.
+
+    Faults seed 1 with error_rate 0.5 fails the first request to arrive and answers the second (whichever range
+    each belongs to); no retries."""
+    conf = _conf(conf_for, server, source, skyserver={"retries": 0}, tasks=2, page_rows=5000, balance_ranges=False,
+                 run_date=run_date)
+    server.faults = Faults(error_rate=0.5, seed=1)
+    with pytest.raises(ExtractError, match="1 of 2 catalog ranges failed"):
+        extract_catalog(spark, conf)
+    server.faults = Faults()
+    plan = catalog_plan(conf)
+    done = [r.range_id for r in plan.ranges if read_done_marker(f"{plan.folder}/{r.range_id}") is not None]
+    assert len(done) == 1, done
+    server.reset_stats()
+    return plan
+
+
+def test_a_resumed_run_reuses_its_own_ranges_and_a_later_night_fetches_afresh(spark, conf_for, standin_factory,
+                                                                              caplog):
+    source = make_labelled(600, seed=16)
+    server = standin_factory([source])
+    _interrupted_run(spark, conf_for, server, source, "2026-01-01")
+    # The same night again: only the range that failed is fetched.
+    same_night = _conf(conf_for, server, source, tasks=2, page_rows=5000, balance_ranges=False, run_date="2026-01-01")
+    result = extract_catalog(spark, same_night)
+    assert result.ranges_resumed == 1 and server.stats()["sqlsearch"]["requests"] == 1 == result.requests
+    _compare_one_to_one(spark, same_night.lake.table("catalog"), source)
+
+    # The next night finds the interrupted staging of an earlier night: it discards it and fetches both ranges.
+    _interrupted_run(spark, conf_for, server, source, "2026-01-01")
+    next_night = _conf(conf_for, server, source, tasks=2, page_rows=5000, balance_ranges=False, run_date="2026-01-02")
+    with caplog.at_level("INFO", logger="skyclass.extract"):
+        result = extract_catalog(spark, next_night)
+    assert result.ranges_resumed == 0 and server.stats()["sqlsearch"]["requests"] == 2 == result.requests
+    assert "discarding 1 ranges staged by run 2026-01-01" in caplog.text and "--resume" in caplog.text
+    _compare_one_to_one(spark, next_night.lake.table("catalog"), source)
+
+    # --resume adopts another night's staging on purpose.
+    _interrupted_run(spark, conf_for, server, source, "2026-01-02")
+    resumed = _conf(conf_for, server, source, tasks=2, page_rows=5000, balance_ranges=False, run_date="2026-01-03",
+                    resume=True)
+    result = extract_catalog(spark, resumed)
+    assert result.ranges_resumed == 1 and server.stats()["sqlsearch"]["requests"] == 1
+    _compare_one_to_one(spark, resumed.lake.table("catalog"), source)
+
+
+def test_bad_run_date_is_refused_at_start_up(conf_for):
+    with pytest.raises(ConfigError, match="extract.run_date must be a date written YYYY-MM-DD"):
+        conf_for(extract={"run_date": "yesterday"})
 
 
 def test_failed_ranges_keep_completed_ones_and_say_how_to_resume(spark, conf_for, standin_factory):

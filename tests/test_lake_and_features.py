@@ -1,4 +1,4 @@
-"""Lake schemas, the atomic table swap, and the features shared by training and scoring."""
+"""Lake schemas, the atomic table swap (skyclass.storage), and the features shared by training and scoring."""
 import io
 import os
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from skyclass import features, lake
+from skyclass import features, lake, storage
 
 
 def test_schemas_derive_consistently():
@@ -28,23 +28,23 @@ def test_with_columns_appends_once():
 
 def test_replace_directory_swaps_whole_table(spark, tmp_path):
     path = str(tmp_path / "t")
-    lake.replace_directory(spark, path, lambda p: spark.range(5).write.parquet(p))
-    lake.replace_directory(spark, path, lambda p: spark.range(3).write.parquet(p))
+    storage.replace_directory(path, lambda p: spark.range(5).write.parquet(p))
+    storage.replace_directory(path, lambda p: spark.range(3).write.parquet(p))
     assert spark.read.parquet(path).count() == 3
-    assert lake.table_exists(spark, path)
-    assert not lake.table_exists(spark, str(tmp_path / "nothing"))
+    assert storage.table_exists(path)
+    assert not storage.table_exists(str(tmp_path / "nothing"))
     assert sorted(os.listdir(tmp_path)) == ["t"]  # no staging or previous folders left behind
 
 
 def test_replace_directory_keeps_old_table_when_write_fails(spark, tmp_path):
     path = str(tmp_path / "t")
-    lake.replace_directory(spark, path, lambda p: spark.range(4).write.parquet(p))
+    storage.replace_directory(path, lambda p: spark.range(4).write.parquet(p))
 
     def broken(p):
         raise RuntimeError("executor lost")
 
     with pytest.raises(RuntimeError):
-        lake.replace_directory(spark, path, broken)
+        storage.replace_directory(path, broken)
     assert spark.read.parquet(path).count() == 4
 
 

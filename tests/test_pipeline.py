@@ -3,6 +3,8 @@ can run on this machine: there is no cluster, Docker or Airflow here)."""
 from __future__ import annotations
 
 import ast
+import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -149,6 +151,63 @@ def test_real_stage_table_points_at_existing_functions():
     """Every stage the chain runs is importable from this checkout (modules that are not written yet show here)."""
     for stage in pipeline.STAGE_FUNCTIONS:
         assert callable(stage_function(stage)), stage
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The real chain, in this process's Spark, on a lake and predictions named by file:/// URIs (what a cluster config
+# looks like: every stage must reach its files through the URI, never through a plain local path).
+
+@pytest.mark.slow
+def test_nightly_end_to_end_on_a_file_uri_lake(spark, standin_factory, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from catalog_fixture import make_labelled, make_photometric
+    from skyclass.config import load_config
+
+    labelled, photometric = make_labelled(500, seed=21), make_photometric(150, seed=22)
+    server = standin_factory(catalogs=[labelled, photometric])
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a stage writing to a mangled "file:" path would land here
+    lake_uri, predictions_uri = f"file://{tmp_path}/lake", f"file://{tmp_path}/predictions"
+    conf = load_config(None, [
+        f"lake.root={lake_uri}", f"lake.predictions={predictions_uri}", f"lake.models={tmp_path / 'models'}",
+        f"lake.reports={tmp_path / 'reports'}", f"skyserver.url={server.url}", "skyserver.backoff_s=0.05",
+        "skyserver.max_queries_per_s=500", "extract.tasks=2", "extract.page_rows=200",
+        "extract.box_ra_deg=[230.0, 231.5]", "extract.box_dec_deg=[27.0, 28.5]", "extract.run_date=2026-02-01",
+        "cutouts.max_requests_per_s=500", "cutouts.concurrency_per_task=8",
+        "train.epochs=1", "train.batch_size=32", "train.num_proc=2", "train.version=uri-lake-1",
+        "evaluate.baselines=[logistic_regression]", "evaluate.feature_sets=[photometric]",
+        "score.run_date=2026-02-01"])
+    assert conf.lake.path("root") == lake_uri  # URIs are kept as given
+
+    first = run_nightly(spark, conf)
+    assert first.trained and [s.name for s in first.stages if s.skipped] == []
+    lake = tmp_path / "lake"
+    catalog = pd.read_parquet(lake / "catalog")
+    assert len(catalog) == 500 and catalog.objid.is_unique
+    cutouts = pd.concat([pd.read_parquet(p) for p in sorted((lake / "cutouts").glob("part-*.parquet"))])
+    assert cutouts.objid.is_unique and set(cutouts.objid) == set(labelled.objid) | set(photometric.objid)
+    stats = json.loads((lake / "training" / "stats.json").read_text())
+    assert sum(stats["rows"].values()) == 500 - (catalog.quality != "ok").sum()
+    night = pd.read_parquet(tmp_path / "predictions" / "run_date=2026-02-01")
+    assert len(night) == 150 and set(night.objid) == set(photometric.objid)
+    assert not (lake / "_locks" / "cutouts.lock").exists()
+    assert not list(lake.glob("*.ranges"))  # finished extractions leave no staging
+
+    # The next night's incremental stages (the whole chain again would mostly repeat the evaluation): nothing is
+    # fetched twice, nothing scored twice by the same package.
+    from skyclass.cutouts import download_cutouts
+    from skyclass.score import score_catalog
+
+    server.reset_stats()
+    refetch = download_cutouts(spark, conf.replace(cutouts=dataclasses.replace(conf.cutouts, catalog="photometric")))
+    assert (refetch.requested, refetch.skipped_present) == (0, 150)
+    assert server.stats().get("getjpeg", {}).get("requests", 0) == 0
+    second = score_catalog(spark, conf.replace(score=dataclasses.replace(conf.score, run_date="2026-02-02",
+                                                                         model=first.model_path)))
+    assert second.n_scored == 0 and second.n_skipped == 150
+    assert list(work.iterdir()) == []
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -249,6 +249,37 @@ def test_nights_are_incremental_and_rescore_replaces_without_duplicates(spark, l
     assert whole.count() == 2 * N_OBJECTS
 
 
+def test_a_night_whose_swap_died_midway_is_recovered_before_the_next_night_skips(spark, lake_root, packages,
+                                                                               tmp_path, monkeypatch):
+    from skyclass import storage
+
+    score_catalog(spark, _conf(lake_root, tmp_path, model=packages["v1"], run_date="2024-03-01"))
+    real_replace = storage.replace_directory
+
+    class Crash(BaseException):
+        """Stands for the driver dying: nothing after the first rename runs."""
+
+    def crash_after_the_first_rename(path, write, **kwargs):
+        def on_step(step):
+            if step == "moved_aside":
+                raise Crash()
+        real_replace(path, write, on_step=on_step)
+
+    monkeypatch.setattr(storage, "replace_directory", crash_after_the_first_rename)
+    with pytest.raises(Crash):
+        score_catalog(spark, _conf(lake_root, tmp_path, model=packages["v1"], run_date="2024-03-01", rescore="true"))
+    monkeypatch.undo()
+    night_path = os.path.join(tmp_path, "predictions", "run_date=2024-03-01")
+    assert not os.path.exists(night_path)  # the crash left the night without its partition
+
+    # The next night recovers the interrupted swap first, so it knows every object is already scored by v1.
+    following = score_catalog(spark, _conf(lake_root, tmp_path, model=packages["v1"], run_date="2024-03-02"))
+    assert (following.n_scored, following.n_skipped) == (0, N_OBJECTS)
+    night, _ = _night(spark, _conf(lake_root, tmp_path), "2024-03-01")
+    assert len(night) == N_OBJECTS and night["objid"].is_unique
+    assert sorted(os.listdir(tmp_path / "predictions")) == ["run_date=2024-03-01"]
+
+
 def test_objects_without_cutouts_are_scored_by_the_tabular_fallback(spark, lake_root, packages, tmp_path):
     score_catalog(spark, _conf(lake_root, tmp_path, model=packages["v1"], run_date="2024-02-01"))
     predictions, _ = _night(spark, _conf(lake_root, tmp_path), "2024-02-01")

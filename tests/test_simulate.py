@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import skyclass
-from skyclass import lake
+from skyclass import lake, storage
 from skyclass.simulate import (SENTINEL_MAG, SIMULATED_OBJID_BASE, SimulationError, catalog_rows,
                                partition_bounds, simulate_lake, simulated_objects)
 
@@ -143,7 +143,7 @@ def test_simulate_labelled_catalog_keeps_exact_specobjids(spark, conf_for):
     assert ids == [2**63 - 8192 * 100 + 8192 * k for k in range(200)]
     assert max(ids) > 2**63 > min(ids)
     assert set(frame["class"]) == {"GALAXY", "STAR", "QSO"}
-    assert not lake.table_exists(spark, conf.lake.table("cutouts"))
+    assert not storage.table_exists(conf.lake.table("cutouts"))
 
 
 # --- a simulated lake is marked so, and simulate never writes into a real lake ---------------------------------------

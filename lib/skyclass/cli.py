@@ -95,7 +95,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
                                    help="import a SkyServer/CasJobs CSV export instead of querying SkyServer"),
                     p.add_argument("--photometric", action="store_true",
                                    help="unlabelled photometric objects (PhotoObj without spectrum) in the "
-                                        "configured extract.box_ra_deg/box_dec_deg"))),
+                                        "configured extract.box_ra_deg/box_dec_deg"),
+                    p.add_argument("--run-date", help="YYYY-MM-DD of this run (default: today, UTC): a rerun of the "
+                                                      "same run resumes from its finished ranges"),
+                    p.add_argument("--resume", action="store_true",
+                                   help="reuse ranges staged by an interrupted run of another date"))),
     "cutouts": ("download image cutouts for catalog objects that lack one", _cutouts, lambda p: (
         p.add_argument("--catalog", choices=("catalog", "photometric"), help="lake table needing cutouts"),
         p.add_argument("--max-objects", type=int, help="download at most this many (a sample)"))),
@@ -127,7 +131,8 @@ _FLAG_TO_KEY = {
     "mode": {"train": "train.mode"},
     "feature_set": {"train": "train.feature_set"},
     "model": {"evaluate": "evaluate.model", "score": "score.model"},
-    "run_date": {"score": "score.run_date"},
+    "run_date": {"score": "score.run_date", "extract": "extract.run_date"},
+    "resume": {"extract": "extract.resume"},
     "rescore": {"score": "score.rescore"},
 }
 

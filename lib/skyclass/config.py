@@ -62,7 +62,9 @@ class SkyServerConfig:
 
 @dataclass(frozen=True)
 class LakeConfig:
-    # Relative paths resolve against the repository root, so `make demo` works from any folder.
+    # Relative paths resolve against the repository root, so `make demo` works from any folder. root and
+    # predictions are made absolute when the config is loaded (on the driver): executors run in other folders.
+    # They may also be URIs (file:///..., hdfs://..., s3a://..., gs://...), read through skyclass.storage.
     root: str = "lake"
     models: str = "models"
     predictions: str = "predictions"
@@ -102,6 +104,10 @@ class ExtractConfig:
     # Unlabelled photometric objects are extracted in this box (degrees); None = no photometric extraction.
     box_ra_deg: Optional[Sequence[float]] = None
     box_dec_deg: Optional[Sequence[float]] = None
+    # The run staged ranges belong to (YYYY-MM-DD; None = today, UTC): a rerun of the same night resumes from its
+    # own finished ranges, a later night fetches afresh. resume: true reuses the staging of any earlier run.
+    run_date: Optional[str] = None
+    resume: bool = False
 
     def validate(self, where: str) -> None:
         _positive(self.page_rows, f"{where}.page_rows")
@@ -113,6 +119,8 @@ class ExtractConfig:
             box = getattr(self, name)
             if box is not None and (len(box) != 2 or not box[0] < box[1]):
                 raise ConfigError(f"{where}.{name} must be [min, max] with min < max, got {box!r}")
+        if self.run_date is not None:
+            _iso_date(self.run_date, f"{where}.run_date")
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,9 @@ class CutoutsConfig:
     max_objects: Optional[int] = None  # a sample for demos; None = every object lacking a cutout
     rows_per_file: int = 5_000  # ~15 KB/object at 64 px: several row groups per file for Petastorm sharding
     rows_per_row_group: int = 1_000
+    # One download per lake at a time (<lake>/_locks/cutouts.lock); a lock whose heartbeat (refreshed every
+    # lock_ttl_s / 4) is older than this belongs to a dead run and is taken over.
+    lock_ttl_s: float = 900.0
 
     def validate(self, where: str) -> None:
         _positive(self.scale_arcsec_per_px, f"{where}.scale_arcsec_per_px")
@@ -137,7 +148,7 @@ class CutoutsConfig:
             raise ConfigError(f"{where}.size_px must be within 64..2048 (SkyServer clamps to that), got {self.size_px}")
         _choice(self.catalog, ("catalog", "photometric"), f"{where}.catalog")
         for name in ("tasks", "concurrency_per_task", "max_requests_per_s", "timeout_s", "rows_per_file",
-                     "rows_per_row_group"):
+                     "rows_per_row_group", "lock_ttl_s"):
             _positive(getattr(self, name), f"{where}.{name}")
         if self.max_objects is not None:
             _positive(self.max_objects, f"{where}.max_objects")
@@ -307,7 +318,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         _apply_override(raw, item)
     sources = source + (" (with --set overrides)" if overrides else "")
     conf = _build(Config, {k: v for k, v in raw.items()}, "", sources)
-    conf = dataclasses.replace(conf, source=sources)
+    # Qualified here, on the driver: an executor resolving a relative path would land in its own work folder.
+    conf = dataclasses.replace(conf, source=sources, lake=dataclasses.replace(
+        conf.lake, root=resolve_path(conf.lake.root), predictions=resolve_path(conf.lake.predictions)))
     for f in dataclasses.fields(Config):
         section = getattr(conf, f.name)
         if hasattr(section, "validate"):
@@ -424,6 +437,15 @@ def _positive(value: float, key: str) -> None:
 def _non_negative(value: float, key: str) -> None:
     if value < 0:
         raise ConfigError(f"{key} must be >= 0, got {value}")
+
+
+def _iso_date(value: str, key: str) -> None:
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        datetime.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a date written YYYY-MM-DD, got {value!r}") from None
 
 
 def _choice(value: str, choices: Sequence[str], key: str) -> None:

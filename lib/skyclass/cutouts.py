@@ -23,7 +23,14 @@ Progress: PySpark accumulators only reach the driver when a task ends, which for
 late. Tasks therefore send their running counts as UDP datagrams to a listener on the driver, which logs
 done/total, rate and failures every few seconds; tasks also log a line per committed chunk to their own log.
 The datagrams are best effort (a lost one only delays the display); the final counts come from the committed
-outputs. One download per lake at a time: concurrent runs would fetch the same objects twice.
+outputs.
+
+One download per lake at a time: concurrent runs would fetch the same objects twice and race over the temp files
+and the failures table. A run holds ``<lake>/_locks/cutouts.lock`` (:class:`skyclass.storage.Lock`: host, pid,
+run id, start, heartbeat every ``cutouts.lock_ttl_s / 4``) from start to end; a second run fails at once naming
+the holder, and the lock of a dead run is taken over with a warning. Holding it also makes the clean-up of a killed
+run's leftovers (hidden chunk files, ``_work/cutouts-*``) safe. Every file the driver or a task touches goes
+through :mod:`skyclass.storage`, so the lake may be a local folder, ``file://``, ``hdfs://`` or an object store.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterator, Optional
 
-from skyclass import lake
+from skyclass import lake, storage
 from skyclass.config import Config
 from skyclass.errors import SkyclassError
 from skyclass.skyserver import (GETJPEG_PATH, STANDIN_HEADER, STANDIN_RENDERED, SkyServerClient, SkyServerError,
@@ -423,14 +430,13 @@ def download_partition(settings: CutoutSettings):
     """
 
     def run(batches: Iterator) -> Iterator:
-        import pyarrow.fs as pafs
         from pyspark import TaskContext
 
         _ensure_task_logging()
         context = TaskContext.get()
         partition = context.partitionId() if context else 0
         attempt = context.attemptNumber() if context else 0
-        fs, directory = pafs.FileSystem.from_uri(settings.cutouts_dir)
+        directory = settings.cutouts_dir
         progress = _ProgressSender(settings.progress_address, settings.run_id, partition, attempt)
         started = time.monotonic()
         # One client for the task: its rate limiter holds the task's share for all the threads together, and each
@@ -440,16 +446,16 @@ def download_partition(settings: CutoutSettings):
             with ThreadPoolExecutor(settings.concurrency, thread_name_prefix=f"cutouts-t{partition}") as pool:
                 for chunk_index, chunk in enumerate(_chunks(batches, settings.rows_per_file)):
                     name = chunk_file_name(settings.run_id, partition, chunk_index)
-                    final_path = f"{directory}/{name}"
-                    if fs.get_file_info(final_path).type != pafs.FileType.NotFound:
-                        outcomes = _outcomes_of_committed_chunk(fs, final_path, chunk)
+                    final_path = storage.join(directory, name)
+                    if storage.exists(final_path):
+                        outcomes = _outcomes_of_committed_chunk(final_path, chunk)
                         progress.add_stored(sum(o.stored for o in outcomes))
                         task_log.info("cutouts task %d: chunk %d was committed by an earlier attempt; not fetched "
                                       "again", partition, chunk_index)
                     else:
                         outcomes = list(pool.map(lambda row: _fetch_and_count(client, settings, progress, row),
                                                  chunk.itertuples(index=False)))
-                        _commit_chunk(fs, directory, name, outcomes, settings)
+                        _commit_chunk(directory, name, outcomes, settings)
                     progress.send()
                     elapsed = time.monotonic() - started
                     task_log.info("cutouts task %d: chunk %d committed (%d objects: %d stored, %d failed); task "
@@ -474,7 +480,7 @@ def _fetch_and_count(client, settings, progress, row) -> CutoutOutcome:
     return outcome
 
 
-def _commit_chunk(fs, directory: str, name: str, outcomes, settings: CutoutSettings) -> None:
+def _commit_chunk(directory: str, name: str, outcomes, settings: CutoutSettings) -> None:
     """Write a chunk's stored cutouts under a hidden name, then rename: readers see all of it or nothing."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -492,19 +498,18 @@ def _commit_chunk(fs, directory: str, name: str, outcomes, settings: CutoutSetti
         "fetched_at": pa.array([o.at for o in stored], pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC")),
         "source": pa.array([o.source or lake.SOURCE_UNKNOWN for o in stored], pa.string()),
     }, schema=cutouts_arrow_schema())
-    temporary = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
-    with fs.open_output_stream(temporary) as stream:
+    # A hidden temp file (.tmp-…) moved into place: a killed task leaves no half file a reader could see.
+    with storage.atomic_output(storage.join(directory, name)) as stream:
         # Row groups of rows_per_row_group rows: Petastorm hands whole row groups to its workers.
         pq.write_table(table, stream, row_group_size=settings.rows_per_row_group)
-    fs.move(temporary, f"{directory}/{name}")
 
 
-def _outcomes_of_committed_chunk(fs, path: str, chunk) -> list:
+def _outcomes_of_committed_chunk(path: str, chunk) -> list:
     """Outcomes of a chunk an earlier attempt committed: its objects are stored; the rest of the chunk failed in
     that attempt and are left for the next run (fetching them now would need a second file for the chunk)."""
     import pyarrow.parquet as pq
 
-    with fs.open_input_file(path) as handle:
+    with storage.open_input(path) as handle:
         table = pq.read_table(handle, columns=["objid", "jpeg"])
     stored = dict(zip(table.column("objid").to_pylist(), table.column("jpeg").to_pylist()))
     now = _now()
@@ -680,29 +685,47 @@ def download_cutouts(spark, conf: Config, *, progress_interval_s: float = 10.0) 
     ------
     CutoutsError
         The catalog table does not exist.
+    LockHeldError
+        Another download of this lake is running (the message names it and says how to clear a dead run's lock).
     """
-    from pyspark.sql import functions as F
-
     started = time.monotonic()
     c = conf.cutouts
     catalog_path = conf.lake.table(c.catalog)
-    if not lake.table_exists(spark, catalog_path):
+    if not storage.table_exists(catalog_path):
         step = "skyclass extract --photometric" if c.catalog == "photometric" else "skyclass extract"
         raise CutoutsError(f"no {c.catalog} table at {catalog_path}; run `{step}` first")
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    root = conf.lake.path("root")
+    lock = storage.Lock(lake.lock_path(root, "cutouts"), run_id=run_id, ttl_s=c.lock_ttl_s, purpose="cutouts download",
+                        ttl_setting="cutouts.lock_ttl_s", heartbeat_s=c.lock_ttl_s / 4).acquire()
+    try:
+        return _download(spark, conf, run_id, catalog_path, started, progress_interval_s)
+    finally:
+        lock.release()
+
+
+def _download(spark, conf: Config, run_id: str, catalog_path: str, started: float,
+              progress_interval_s: float) -> CutoutsResult:
+    """The body of :func:`download_cutouts`, run while holding the lake's cutouts lock."""
+    from pyspark.sql import functions as F
+
+    c = conf.cutouts
     cutouts_path = conf.lake.table("cutouts")
     failures_path = conf.lake.table("cutout_failures")
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    work_path = f"{conf.lake.path('root').rstrip('/')}/_work/cutouts-{run_id}"
-    fs = _FileSystem(spark)
-    fs.remove_hidden_leftovers(cutouts_path)
+    work_root = storage.join(conf.lake.path("root"), "_work")
+    work_path = storage.join(work_root, f"cutouts-{run_id}")
+    # Under the lock no other download is running: whatever temp files and work folders exist are a killed run's.
+    storage.remove_hidden_leftovers(cutouts_path)
+    storage.remove_hidden_leftovers(work_root, prefix="cutouts-")
+    uri = storage.spark_uri
 
     try:
-        present = spark.read.parquet(cutouts_path).select("objid") if lake.table_exists(spark, cutouts_path) else None
-        sample, todo = objects_to_fetch(spark.read.parquet(catalog_path), present, c.max_objects)
+        present = spark.read.parquet(uri(cutouts_path)).select("objid") if storage.table_exists(cutouts_path) else None
+        sample, todo = objects_to_fetch(spark.read.parquet(uri(catalog_path)), present, c.max_objects)
         # Snapshot: every (re-)execution of a download task must see the same objects, whatever lands in the lake
         # meanwhile.
-        todo.write.parquet(f"{work_path}/todo")
-        todo = spark.read.parquet(f"{work_path}/todo")
+        todo.write.parquet(uri(f"{work_path}/todo"))
+        todo = spark.read.parquet(uri(f"{work_path}/todo"))
         requested = todo.count()
         skipped = sample.count() - requested
         log.info("cutouts for %s: %s to fetch, %s already in the lake%s", c.catalog, f"{requested:,}", f"{skipped:,}",
@@ -713,11 +736,11 @@ def download_cutouts(spark, conf: Config, *, progress_interval_s: float = 10.0) 
         examples: list[str] = []
         download_s = 0.0
         if requested:
-            fs.mkdirs(cutouts_path)
+            storage.make_dirs(cutouts_path)
             host = spark.sparkContext.getConf().get("spark.driver.host", "127.0.0.1")
             label = f"cutouts {c.catalog}"
             monitor = _ProgressMonitor(host, run_id, requested, progress_interval_s, label)
-            settings = CutoutSettings.from_config(conf, cutouts_dir=_pyarrow_uri(cutouts_path), run_id=run_id,
+            settings = CutoutSettings.from_config(conf, cutouts_dir=cutouts_path, run_id=run_id,
                                                   progress_address=monitor.address)
             log.info("%s: %d tasks x %d threads, at most %g requests/s in all (%g per task), %d objects per commit",
                      label, c.tasks, c.concurrency_per_task, c.max_requests_per_s, settings.max_requests_per_s,
@@ -728,12 +751,12 @@ def download_cutouts(spark, conf: Config, *, progress_interval_s: float = 10.0) 
                 spark.sparkContext.setJobDescription(f"skyclass: download {requested:,} cutouts ({c.catalog})")
                 (todo.repartition(c.tasks, "objid").sortWithinPartitions("objid")
                  .mapInPandas(download_partition(settings), OUTCOME_SCHEMA)
-                 .write.parquet(f"{work_path}/outcomes"))
+                 .write.parquet(uri(f"{work_path}/outcomes")))
             finally:
                 spark.sparkContext.setJobDescription(None)
                 monitor.stop()
             download_s = time.monotonic() - download_started
-            outcomes = spark.read.parquet(f"{work_path}/outcomes")
+            outcomes = spark.read.parquet(uri(f"{work_path}/outcomes"))
             kind = F.when(F.col("status") == FAILED, F.substring_index("reason", ":", 1))
             for row in outcomes.groupBy("status", kind.alias("kind")).count().collect():
                 if row["status"] == STORED:
@@ -746,14 +769,14 @@ def download_cutouts(spark, conf: Config, *, progress_interval_s: float = 10.0) 
                 for reason in examples:
                     log.warning("cutout failure, e.g.: %s", reason)
             _rewrite_failures(spark, failures_path, outcomes, cutouts_path)
-        elif lake.table_exists(spark, failures_path):
+        elif storage.table_exists(failures_path):
             # Nothing to fetch; still drop failures that a killed run stored after all.
             _rewrite_failures(spark, failures_path, None, cutouts_path)
     finally:
-        # The snapshot and outcomes are only needed by this run (a killed run leaves them behind, harmlessly).
-        fs.delete(work_path)
+        # The snapshot and outcomes are only needed by this run (a killed run's are removed by the next run).
+        storage.delete(work_path)
 
-    lake_objects, lake_bytes = fs.table_size(spark, cutouts_path)
+    lake_objects, lake_bytes = _table_size(spark, cutouts_path)
     elapsed = time.monotonic() - started
     result = CutoutsResult(
         catalog=c.catalog, path=cutouts_path, requested=requested, stored=stored, failed=failed,
@@ -776,64 +799,22 @@ def _rewrite_failures(spark, failures_path: str, outcomes, cutouts_path: str) ->
         outcomes = spark.createDataFrame([], OUTCOME_SCHEMA)
     new = (outcomes.where(F.col("status") == FAILED)
            .select("objid", "ra", "dec", "reason", "attempts", F.col("at").alias("failed_at")))
-    if lake.table_exists(spark, failures_path):
-        old = spark.read.parquet(failures_path)
+    if storage.table_exists(failures_path):
+        old = spark.read.parquet(storage.spark_uri(failures_path))
         earlier_attempts = old.select("objid", F.col("attempts").alias("earlier"))
         new = (new.join(earlier_attempts, "objid", "left")
                .withColumn("attempts", F.col("attempts") + F.coalesce(F.col("earlier"), F.lit(0))).drop("earlier"))
         untried = old.join(outcomes.select("objid"), "objid", "left_anti")
-        if lake.table_exists(spark, cutouts_path):
-            untried = untried.join(spark.read.parquet(cutouts_path).select("objid"), "objid", "left_anti")
+        if storage.table_exists(cutouts_path):
+            untried = untried.join(spark.read.parquet(storage.spark_uri(cutouts_path)).select("objid"), "objid",
+                                   "left_anti")
         new = new.unionByName(untried.select(*new.columns))
     table = new.select(*[F.col(f.name).cast(f.dataType) for f in schema.fields])
-    lake.replace_directory(spark, failures_path, lambda staging: table.coalesce(1).write.parquet(staging))
+    storage.replace_directory(failures_path, lambda staging: table.coalesce(1).write.parquet(staging))
 
 
-def _pyarrow_uri(path: str) -> str:
-    """A lake path as pyarrow's file systems want it (local paths absolute; URIs unchanged)."""
-    import os
-
-    if "://" in path:
-        return path
-    if path.startswith("file:"):
-        return path[len("file:"):] or "/"
-    return os.path.abspath(path)
-
-
-class _FileSystem:
-    """The few Hadoop file-system calls the driver needs (local disk, HDFS and object stores alike)."""
-
-    def __init__(self, spark):
-        self._jvm = spark.sparkContext._jvm
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()
-
-    def _fs(self, path: str):
-        hpath = self._jvm.org.apache.hadoop.fs.Path(path)
-        return hpath.getFileSystem(self._conf), hpath
-
-    def mkdirs(self, path: str) -> None:
-        fs, hpath = self._fs(path)
-        fs.mkdirs(hpath)
-
-    def delete(self, path: str) -> None:
-        fs, hpath = self._fs(path)
-        if fs.exists(hpath):
-            fs.delete(hpath, True)
-
-    def remove_hidden_leftovers(self, cutouts_path: str) -> None:
-        """Delete ``.tmp-*`` files that killed runs left behind (readers ignore them; they only take space)."""
-        fs, hpath = self._fs(cutouts_path)
-        if not fs.exists(hpath):
-            return
-        for status in fs.listStatus(hpath):
-            if status.getPath().getName().startswith(".tmp-"):
-                fs.delete(status.getPath(), False)
-
-    def table_size(self, spark, path: str) -> tuple[int, int]:
-        """(rows, bytes of the visible Parquet files) of a table; (0, 0) when there is none."""
-        if not lake.table_exists(spark, path):
-            return 0, 0
-        fs, hpath = self._fs(path)
-        size = sum(s.getLen() for s in fs.listStatus(hpath)
-                   if s.getPath().getName().endswith(".parquet") and not s.getPath().getName().startswith((".", "_")))
-        return spark.read.parquet(path).count(), size
+def _table_size(spark, path: str) -> tuple[int, int]:
+    """(rows, bytes of the visible Parquet files) of a table; (0, 0) when there is none."""
+    if not storage.table_exists(path):
+        return 0, 0
+    return spark.read.parquet(storage.spark_uri(path)).count(), storage.visible_files_size(path)

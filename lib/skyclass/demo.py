@@ -113,6 +113,8 @@ def run_demo(spark, conf: Config) -> DemoResult:
 
 def predicted_class_counts(spark, predictions_path: str) -> dict:
     """Objects per predicted class (and per status) in one night's predictions, aggregated in Spark."""
-    rows = (spark.read.parquet(predictions_path).groupBy("predicted_class", "status").count()
+    from skyclass import storage
+
+    rows = (spark.read.parquet(storage.spark_uri(predictions_path)).groupBy("predicted_class", "status").count()
             .orderBy("predicted_class", "status").collect())
     return {(row["predicted_class"] or "none", row["status"]): row["count"] for row in rows}

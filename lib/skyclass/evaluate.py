@@ -45,7 +45,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from skyclass import lake
+from skyclass import lake, storage
 from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics, write_predictions
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
@@ -602,9 +602,9 @@ def _read_splits(spark, lake_root: str):
     frames = []
     for split in ("train", "test"):
         path = lake.training_split_path(lake_root, split)
-        if not lake.table_exists(spark, path):
+        if not storage.table_exists(path):
             raise EvaluationError(f"no {split} split at {path}; build the training table first (skyclass table)")
-        frames.append(spark.read.parquet(path))
+        frames.append(spark.read.parquet(storage.spark_uri(path)))
     return frames[0], frames[1]
 
 

@@ -15,12 +15,15 @@ Unlabelled objects (:func:`extract_photometric`)
 
 Resuming and replacing
     Each completed range is written to ``<table>.ranges/<plan-id>/<range-id>/`` (one Parquet file and a ``_DONE``
-    marker with the range's statistics) by the task that fetched it. The plan id is a hash of everything that
-    decides the ranges and their content (URL, template text, columns, id bounds or box, number of tasks). A rerun
-    with the same plan skips ranges that have a ``_DONE`` marker, so an interrupted run resumes where it stopped;
-    a different plan discards the old staging. When every range is done, the ranges are assembled, the quality
-    rules applied, and the table swapped in whole with :func:`skyclass.lake.replace_directory` (a rerun replaces,
-    never appends); the staging folder is then deleted, so the next run fetches afresh.
+    marker with the range's statistics) by the task that fetched it, through :mod:`skyclass.storage`. The plan id
+    is a hash of everything that decides the ranges and their content (URL, template text, columns, id bounds or
+    box, number of tasks). The staging belongs to one run, the night ``extract.run_date`` (``--run-date``, default
+    today in UTC), recorded in ``_RUN.json`` of the plan folder: a rerun of the same run skips ranges that have a
+    ``_DONE`` marker, so an interrupted run resumes where it stopped; a later night with the same plan discards
+    the staging (logged) and fetches afresh, unless ``extract.resume`` (``--resume``); a different plan discards
+    the old staging. When every range is done, the ranges are assembled, the quality rules applied, and the table
+    swapped in whole with :func:`skyclass.storage.replace_directory` (a rerun replaces, never appends); the
+    staging folder is then deleted, so the next run fetches afresh.
 
 Quality rules (both tables; the first rule that applies wins)
     ``zWarning != 0`` → quality ``zwarning``; any magnitude missing or implausible (sentinels such as -9999, see
@@ -42,13 +45,14 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Callable, Iterator, Optional, Sequence
 
 import pandas as pd
 import pyarrow as pa
 
-from skyclass import lake
+from skyclass import lake, storage
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
 from skyclass.skyserver import (SkyServerClient, SqlValueError, render_sql, sql_float, sql_identifier, sql_int,
@@ -93,6 +97,7 @@ class ExtractResult:
     splits: int = 0  # truncated pages whose range was halved
     fetch_s: float = 0.0  # wall time of the parallel fetch (the rest is assembling and writing the table)
     elapsed_s: float = 0.0
+    run_date: Optional[str] = None  # the run the staged ranges belonged to (None: a CSV import)
 
     @property
     def rows_per_s(self) -> float:
@@ -103,7 +108,8 @@ class ExtractResult:
                  f"  source: {self.source}"]
         if self.ranges:
             lines.append(f"  {self.pages:,} pages ({self.requests:,} requests, {self.splits} truncated-page splits) "
-                         f"in {self.ranges} ranges, {self.ranges_resumed} resumed from an earlier run")
+                         f"in {self.ranges} ranges, {self.ranges_resumed} resumed from an earlier attempt"
+                         + (f" (run {self.run_date})" if self.run_date else ""))
         lines.append(f"  {self.elapsed_s:.1f} s, {self.rows_per_s:,.0f} rows/s"
                      + (f" (fetching {self.fetch_s:.1f} s)" if self.ranges else ""))
         if self.class_counts:
@@ -409,10 +415,7 @@ def frame_to_arrow(frame: pd.DataFrame, schema: pa.Schema, what: str) -> pa.Tabl
 
 # --- staging (written by Spark tasks, read by the driver) ---------------------------------------------------------
 
-def _fs(path: str):
-    from pyarrow import fs as pafs
-
-    return pafs.FileSystem.from_uri(path)
+RUN_MANIFEST = "_RUN.json"
 
 
 def staging_root(conf, table: str) -> str:
@@ -421,47 +424,81 @@ def staging_root(conf, table: str) -> str:
 
 
 def write_range(folder: str, table: pa.Table, stats: RangeStats) -> None:
-    """Write one completed range: the Parquet file first, then the ``_DONE`` marker (so a marker means whole)."""
+    """Write one completed range: the Parquet file first, then the ``_DONE`` marker (so a marker means whole).
+
+    Runs in Spark tasks; every file goes through :mod:`skyclass.storage`, as on the driver.
+    """
     import pyarrow.parquet as pq
 
-    fs, base = _fs(folder)
-    fs.delete_dir_contents(base, missing_dir_ok=True)
-    fs.create_dir(base, recursive=True)
-    pq.write_table(table, f"{base}/part-{stats.range_id}.parquet", filesystem=fs)
-    with fs.open_output_stream(f"{base}/{_DONE}") as out:
-        out.write(json.dumps(asdict(stats)).encode("utf-8"))
+    storage.delete(folder)
+    storage.make_dirs(folder)
+    with storage.open_output(storage.join(folder, f"part-{stats.range_id}.parquet")) as out:
+        pq.write_table(table, out)
+    storage.write_text(storage.join(folder, _DONE), json.dumps(asdict(stats)))
 
 
 def read_done_marker(folder: str) -> Optional[dict]:
     """The statistics of a completed range, or None when the range is not done."""
-    from pyarrow import fs as pafs
-
-    fs, base = _fs(folder)
-    if fs.get_file_info(f"{base}/{_DONE}").type != pafs.FileType.File:
+    try:
+        return json.loads(storage.read_text(storage.join(folder, _DONE)))
+    except FileNotFoundError:
         return None
-    with fs.open_input_stream(f"{base}/{_DONE}") as stream:
-        return json.loads(stream.read().decode("utf-8"))
 
 
-def _delete(path: str) -> None:
-    from pyarrow import fs as pafs
+def resolve_run_date(run_date: Optional[str]) -> str:
+    """``YYYY-MM-DD`` of the run (today in UTC when None): the run staged ranges belong to."""
+    if run_date is None:
+        return datetime.now(timezone.utc).date().isoformat()
+    return str(run_date)
 
-    fs, base = _fs(path)
-    if fs.get_file_info(base).type == pafs.FileType.Directory:
-        fs.delete_dir(base)
 
+def prepare_staging(plan: "ExtractionPlan", run_date: str, resume: bool = False) -> str:
+    """The plan's staging folder, owned by the run of ``run_date``; returns ``plan.folder``.
 
-def _prepare_plan_folder(root: str, plan_id: str) -> str:
-    """``root/plan_id``; staging of other plans under root is deleted (their ranges mean something else)."""
-    from pyarrow import fs as pafs
+    Staging of other plans under the table's staging root is deleted (their ranges mean something else). Staging
+    of this plan left by another run (an interrupted extraction of an earlier night) is deleted too, with a log
+    line, unless ``resume``: a later night must fetch afresh, not serve last night's rows. A rerun of the same run
+    keeps its own finished ranges. The owner is recorded in the run manifest ``_RUN.json`` of the plan folder.
 
-    fs, base = _fs(root)
-    if fs.get_file_info(base).type == pafs.FileType.Directory:
-        for info in fs.get_file_info(pafs.FileSelector(base)):
-            if info.base_name != plan_id:
-                log.info("discarding staging of another extraction plan: %s", info.path)
-                fs.delete_dir(info.path) if info.type == pafs.FileType.Directory else fs.delete_file(info.path)
-    return f"{root.rstrip('/')}/{plan_id}"
+    Parameters
+    ----------
+    plan : ExtractionPlan
+    run_date : str
+        The run's key (``extract.run_date``, default today in UTC).
+    resume : bool
+        Reuse the staging of whatever run left it (``extract.resume`` / ``--resume``).
+
+    Returns
+    -------
+    str
+        ``plan.folder``, holding only ranges of this run (or, with ``resume``, of the run that left them).
+    """
+    root, _ = storage.split(plan.folder)
+    for entry in storage.list_entries(root):
+        if entry.name != plan.plan_id:
+            log.info("discarding staging of another extraction plan: %s", entry.path)
+            storage.delete(entry.path)
+    manifest_path = storage.join(plan.folder, RUN_MANIFEST)
+    owner = None
+    if storage.exists(plan.folder):
+        try:
+            owner = json.loads(storage.read_text(manifest_path)).get("run_date")
+        except (FileNotFoundError, ValueError, AttributeError):
+            owner = None
+        if owner != run_date:
+            done = sum(read_done_marker(e.path) is not None for e in storage.list_entries(plan.folder) if e.is_dir)
+            if resume:
+                log.info("%s: resuming the %d ranges staged by run %s in %s (extract.resume)", plan.table, done,
+                         owner or "unknown", plan.folder)
+            else:
+                log.info("%s: discarding %d ranges staged by run %s in %s: they belong to another run (this is "
+                         "run %s); pass --resume to reuse them", plan.table, done, owner or "unknown", plan.folder,
+                         run_date)
+                storage.delete(plan.folder)
+    storage.write_text(manifest_path, json.dumps({"run_date": run_date, "plan_id": plan.plan_id, "table": plan.table,
+                                                  "resumed_from": owner if owner != run_date else None,
+                                                  "written_at": datetime.now(timezone.utc).isoformat()}))
+    return plan.folder
 
 
 def _plan_id(**parts) -> str:
@@ -601,7 +638,8 @@ def _fetch_ranges(spark, conf, plan: ExtractionPlan,
                   fetch: Callable[[SkyServerClient, object], tuple[pd.DataFrame, RangeStats]], schema: pa.Schema):
     """Fetch every range not yet staged, in parallel Spark tasks; return (raw DataFrame of all ranges, result)."""
     table, ranges, plan_id = plan.table, plan.ranges, plan.plan_id
-    plan_folder = _prepare_plan_folder(staging_root(conf, table), plan_id)
+    run_date = resolve_run_date(conf.extract.run_date)
+    plan_folder = prepare_staging(plan, run_date, conf.extract.resume)
     done, pending = {}, []
     for rng in ranges:
         marker = read_done_marker(f"{plan_folder}/{rng.range_id}")
@@ -612,7 +650,7 @@ def _fetch_ranges(spark, conf, plan: ExtractionPlan,
     if done:
         log.info("%s: resuming plan %s: %d of %d ranges already fetched", table, plan_id, len(done), len(ranges))
     result = ExtractResult(table, conf.lake.table(table), f"SkyServer {conf.skyserver.url}", 0, ranges=len(ranges),
-                           ranges_resumed=len(done), requests=plan.probe_requests)
+                           ranges_resumed=len(done), requests=plan.probe_requests, run_date=run_date)
     if pending:
         # The politeness limit is for the whole job: each concurrently running task gets its share.
         per_task_rate = conf.skyserver.max_queries_per_s / max(1, min(conf.extract.tasks, len(pending)))
@@ -652,7 +690,7 @@ def _fetch_ranges(spark, conf, plan: ExtractionPlan,
                                + (f"the {kept} completed ranges are kept in {plan_folder} and " if kept else "")
                                + "rerunning the same command resumes from the completed ranges")
     folders = [f"{plan_folder}/{rng.range_id}" for rng in ranges]
-    raw = spark.read.schema(_spark_schema(schema)).parquet(*folders)
+    raw = spark.read.schema(_spark_schema(schema)).parquet(*[storage.spark_uri(f) for f in folders])
     return raw, result
 
 
@@ -694,10 +732,10 @@ def _finish(spark, conf, table: str, raw, extra: Sequence[str], result: ExtractR
         out_schema = target.spark_schema()
         frame_out = frame_out.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in out_schema.fields])
         path = conf.lake.table(table)
-        lake.replace_directory(spark, path, lambda staging: frame_out.write.mode("overwrite").parquet(staging))
+        storage.replace_directory(path, lambda staging: frame_out.write.mode("overwrite").parquet(staging))
     finally:
         frame.unpersist()
-    _delete(staging_root(conf, table))
+    storage.delete(staging_root(conf, table))
     result.rows_written = sum(by_quality.values()) - (sum(bad.values()) if conf.extract.bad_rows == "drop" else 0)
     result.class_counts = by_class
     result.elapsed_s = time.monotonic() - started

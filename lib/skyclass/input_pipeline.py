@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from skyclass import storage
 from skyclass.errors import SkyclassError
 from skyclass.features import decode_jpegs, standardise
 
@@ -67,8 +67,10 @@ def load_training_stats(stats_path: str) -> TrainingStats:
         The file is missing or lacks a required key.
     """
     try:
-        with open(stats_path, encoding="utf-8") as fh:
-            raw = json.load(fh)
+        # Through the storage layer: the lake may be on HDFS or an object store; a training-table swap that a
+        # crash interrupted is recovered before the file is read.
+        storage.recover_swap(storage.split(stats_path)[0])
+        raw = json.loads(storage.read_text(stats_path))
     except FileNotFoundError:
         raise TrainingTableError(f"training statistics {stats_path} do not exist; build the training table first "
                                  "(skyclass table)") from None
@@ -116,12 +118,9 @@ def class_weights(label_counts: Mapping[str, int], classes: Sequence[str]) -> di
 
 
 def dataset_url(path: str) -> str:
-    """Petastorm wants a URL: local paths become ``file://`` URLs, URIs (hdfs://, s3a://, file:) pass unchanged."""
-    if "://" in path:
-        return path
-    if path.startswith("file:"):
-        return "file://" + path[len("file:"):]
-    return "file://" + os.path.abspath(path)
+    """Petastorm wants a URL: local paths become ``file://`` URLs, URIs (hdfs://, s3a://, file:) pass unchanged
+    (:func:`skyclass.storage.spark_uri`, so Petastorm, Spark and the storage layer name the same place)."""
+    return storage.spark_uri(path)
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,21 @@ Layout under ``lake.root`` (see README "The lake")::
     training/stats.json   per-feature mean/std (training split only), label counts, class names, cutout sources
     <table>/_provenance.json   how a table was made (builder, version, creation time, rows, ``simulated``), where
                           its builder writes one (Spark and pyarrow skip ``_`` files)
+    _locks/               lock files of stages that must not run twice at once (cutouts.lock)
+
+Every file operation on these paths outside Spark's reader and writer goes through :mod:`skyclass.storage`
+(which also swaps tables in: :func:`skyclass.storage.replace_directory`).
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
-import uuid
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pyarrow as pa
 
-log = logging.getLogger(__name__)
+from skyclass import storage
 
 MAGNITUDES = ("u", "g", "r", "i", "z")
 COLOURS = ("u_g", "g_r", "r_i", "i_z")  # u-g, g-r, r-i, i-z
@@ -191,62 +193,6 @@ def training_stats_path(lake_root: str) -> str:
     return os.path.join(lake_root, "training", "stats.json")
 
 
-def hadoop_fs(spark, path: str):
-    """``(jvm, file system, Hadoop Path)`` for ``path``, so moves and listings work on local disk, HDFS and object
-    stores alike."""
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return jvm, hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
-def replace_directory(spark, path: str, write: Callable[[str], None]) -> None:
-    """Write a table to a staging folder, then swap it in for ``path``, so readers never see half a table.
-
-    The staging and previous folders are siblings of ``path`` whose names start with ``_``: Spark's partition
-    discovery and Parquet readers ignore them even if a crash leaves one behind (which matters when ``path`` is one
-    partition, e.g. a night of predictions).
-
-    Parameters
-    ----------
-    spark : SparkSession
-        Used for its Hadoop file system.
-    path : str
-        Final location.
-    write : callable
-        ``write(staging_path)`` writes the complete new table there.
-
-    Raises
-    ------
-    OSError
-        A rename failed; the previous table is put back where possible.
-    """
-    parent, _, name = path.rstrip("/").rpartition("/")
-    token = uuid.uuid4().hex[:8]
-    staging = f"{parent}/_{name}.staging-{token}"
-    write(staging)
-    jvm, fs, final = hadoop_fs(spark, path)
-    previous = jvm.org.apache.hadoop.fs.Path(f"{parent}/_{name}.previous-{token}")
-    # Keep the old table until the new one is in place: a crash between the renames leaves one of them whole.
-    had_old = fs.exists(final)
-    if had_old and not fs.rename(final, previous):
-        raise OSError(f"could not move {path} aside to replace it")
-    if not fs.rename(jvm.org.apache.hadoop.fs.Path(staging), final):
-        if had_old:
-            fs.rename(previous, final)
-        raise OSError(f"could not move {staging} to {path}")
-    if had_old:
-        fs.delete(previous, True)
-
-
-def table_exists(spark, path: str) -> bool:
-    """True when ``path`` holds a Parquet table (a ``_SUCCESS`` marker or any Parquet file)."""
-    _, fs, p = hadoop_fs(spark, path)
-    if not fs.exists(p):
-        return False
-    return any(s.getPath().getName().endswith(".parquet") or s.getPath().getName() == "_SUCCESS"
-               for s in fs.listStatus(p))
-
-
 def read_cutouts(spark, path: str):
     """The cutouts table with every column of :data:`CUTOUTS`; ``source`` is ``unknown`` where a file lacks it.
 
@@ -266,23 +212,12 @@ def read_cutouts(spark, path: str):
     """
     from pyspark.sql import functions as F
 
-    frame = spark.read.schema(CUTOUTS.spark_schema()).parquet(path)
+    frame = spark.read.schema(CUTOUTS.spark_schema()).parquet(storage.spark_uri(path))
     return frame.withColumn("source", F.coalesce(F.col("source"), F.lit(SOURCE_UNKNOWN)))
 
 
-def _provenance_location(table_path: str):
-    """(pyarrow file system, path inside it) of a table's provenance file."""
-    import pyarrow.fs as pafs
-
-    path = table_path.rstrip("/")
-    if path.startswith("s3a://"):
-        path = "s3://" + path[len("s3a://"):]  # the JVM's s3a:// is pyarrow's s3://
-    elif path.startswith("file:") and not path.startswith("file://"):
-        path = path[len("file:"):] or "/"
-    elif "://" not in path:
-        path = os.path.abspath(path)
-    fs, inner = pafs.FileSystem.from_uri(path)
-    return fs, f"{inner.rstrip('/')}/{PROVENANCE_FILE}"
+def _provenance_path(table_path: str) -> str:
+    return storage.join(table_path, PROVENANCE_FILE)
 
 
 def write_provenance(table_path: str, provenance: dict) -> str:
@@ -299,11 +234,10 @@ def write_provenance(table_path: str, provenance: dict) -> str:
     Returns
     -------
     str
-        Path of the file inside its file system.
+        Path of the file.
     """
-    fs, path = _provenance_location(table_path)
-    with fs.open_output_stream(path) as stream:
-        stream.write(json.dumps(provenance, indent=2, sort_keys=True).encode("utf-8"))
+    path = _provenance_path(table_path)
+    storage.write_text(path, json.dumps(provenance, indent=2, sort_keys=True))
     return path
 
 
@@ -315,13 +249,10 @@ def read_provenance(table_path: str):
     ValueError
         The file exists but is not a JSON object (the message names it).
     """
-    import pyarrow.fs as pafs
-
-    fs, path = _provenance_location(table_path)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    path = _provenance_path(table_path)
+    if not storage.is_file(path):
         return None
-    with fs.open_input_stream(path) as stream:
-        text = stream.read().decode("utf-8")
+    text = storage.read_text(path)
     try:
         document = json.loads(text)
     except ValueError as err:
@@ -329,3 +260,8 @@ def read_provenance(table_path: str):
     if not isinstance(document, dict):
         raise ValueError(f"{path} holds {type(document).__name__}, not a JSON object; delete it or rebuild the table")
     return document
+
+
+def lock_path(lake_root: str, name: str) -> str:
+    """The lock file ``<lake>/_locks/<name>.lock`` (see :class:`skyclass.storage.Lock`)."""
+    return f"{lake_root.rstrip('/')}/_locks/{name}.lock"

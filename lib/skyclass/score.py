@@ -40,7 +40,7 @@ from typing import Iterator, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from skyclass import lake
+from skyclass import lake, storage
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
 from skyclass.features import source_columns
@@ -303,24 +303,25 @@ def _night_dirname(run_date: str) -> str:
 
 
 def read_predictions(spark, predictions_root: str):
-    """All partitions of the predictions table with a string ``run_date`` column, or None if there are none."""
-    jvm, fs, root = lake.hadoop_fs(spark, predictions_root)
-    if not fs.exists(root):
-        return None
-    if not any(s.isDirectory() and s.getPath().getName().startswith("run_date=") for s in fs.listStatus(root)):
+    """All partitions of the predictions table with a string ``run_date`` column, or None if there are none.
+
+    A night whose swap was interrupted is recovered first (:func:`skyclass.storage.recover_swaps_in`)."""
+    storage.recover_swaps_in(predictions_root)
+    if not any(e.is_dir and e.name.startswith("run_date=") for e in storage.list_entries(predictions_root)):
         return None
     from pyspark.sql import types as T
 
     # An explicit schema makes run_date a string (no date inference) and ignores the swap's _-prefixed staging folders.
     schema = T.StructType(lake.PREDICTIONS.spark_schema().fields + [T.StructField("run_date", T.StringType())])
-    return spark.read.schema(schema).parquet(predictions_root)
+    return spark.read.schema(schema).parquet(storage.spark_uri(predictions_root))
 
 
 def replace_partition(spark, predictions_root: str, run_date: str, write) -> str:
     """Write a night's partition to a staging folder, then swap it in; other nights are never touched.
 
-    :func:`skyclass.lake.replace_directory` does the swap; its staging folders start with ``_``, so Spark's
-    partition discovery ignores them even if a crash leaves one behind.
+    :func:`skyclass.storage.replace_directory` does the swap; its staging folders start with ``_``, so Spark's
+    partition discovery ignores them even if a crash leaves one behind, and a crash between its renames is
+    recovered by the next reader or writer.
 
     Parameters
     ----------
@@ -336,13 +337,13 @@ def replace_partition(spark, predictions_root: str, run_date: str, write) -> str
         The partition folder.
     """
     final_path = f"{predictions_root.rstrip('/')}/{_night_dirname(run_date)}"
-    lake.replace_directory(spark, final_path, write)
+    storage.replace_directory(final_path, write)
     return final_path
 
 
 def _status_counts(spark, path: str) -> dict[str, int]:
     return {row["status"]: int(row["count"])
-            for row in spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(path)
+            for row in spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(storage.spark_uri(path))
             .groupBy("status").count().collect()}
 
 
@@ -378,11 +379,11 @@ def score_catalog(spark, conf) -> ScoreResult:
     spec = ScoringSpec.from_package(ModelPackage.load(package_path), package_path)
     _check_spec(spec)
     catalog_path = conf.lake.table(conf.score.catalog)
-    if not lake.table_exists(spark, catalog_path):
+    if not storage.table_exists(catalog_path):
         hint = "skyclass extract --photometric" if conf.score.catalog == "photometric" else "skyclass extract"
         raise ScoreError(f"no {conf.score.catalog} table at {catalog_path}; run `{hint}` (or `skyclass simulate` "
                          "for a synthetic lake) first, or choose another table with --catalog")
-    catalog = spark.read.parquet(catalog_path)
+    catalog = spark.read.parquet(storage.spark_uri(catalog_path))
     raw_columns = list(source_columns((*lake.MAGNITUDES, *spec.features)))
     missing = [c for c in raw_columns if c not in catalog.columns]
     if missing:
@@ -404,7 +405,7 @@ def score_catalog(spark, conf) -> ScoreResult:
         # Nothing new: the night's partition (if any) already holds what a rewrite would produce.
         log.info("all %d objects of %s are already scored by model %s (fingerprint %s); nothing to do", n_catalog,
                  conf.score.catalog, spec.version, spec.fingerprint)
-        have_night = lake.table_exists(spark, night_path)
+        have_night = storage.table_exists(night_path)
         counts = _status_counts(spark, night_path) if have_night else {}
         return ScoreResult(run_date=run_date, model_version=spec.version, package_path=package_path,
                            catalog=conf.score.catalog, path=night_path, n_catalog=n_catalog, n_scored=0,
@@ -415,8 +416,9 @@ def score_catalog(spark, conf) -> ScoreResult:
     to_score = objects
     if spec.needs_images:
         cutouts_path = conf.lake.table("cutouts")
-        if lake.table_exists(spark, cutouts_path):
-            to_score = objects.join(spark.read.parquet(cutouts_path).select("objid", "jpeg"), "objid", "left")
+        if storage.table_exists(cutouts_path):
+            to_score = objects.join(spark.read.parquet(storage.spark_uri(cutouts_path)).select("objid", "jpeg"),
+                                    "objid", "left")
         else:
             log.warning("no cutouts table at %s: every object is scored by the tabular fallback (no_cutout)",
                         cutouts_path)
@@ -431,9 +433,9 @@ def score_catalog(spark, conf) -> ScoreResult:
     scored = (scored.withColumn("_rank", rank).groupBy("objid")
               .agg(F.min_by(F.struct(*names), F.col("_rank")).alias("p")).select("p.*"))
     night = scored
-    if lake.table_exists(spark, night_path):
+    if storage.table_exists(night_path):
         # Rows of an earlier run of this night for objects not scored now stay; the rest are replaced.
-        kept = (spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(night_path)
+        kept = (spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(storage.spark_uri(night_path))
                 .join(objects.select("objid"), "objid", "left_anti").select(*names))
         night = scored.unionByName(kept)
 

@@ -34,7 +34,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from skyclass import lake
+from skyclass import lake, storage
 from skyclass.errors import SkyclassError
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,7 @@ def why_not_simulated(spark, conf, name: str):
     path = conf.lake.table(name)
     if name == "training":
         stats_path = lake.training_stats_path(conf.lake.path("root"))
-        if not lake.table_exists(spark, lake.training_split_path(conf.lake.path("root"), "train")):
+        if not storage.table_exists(lake.training_split_path(conf.lake.path("root"), "train")):
             return None
         from skyclass.input_pipeline import load_training_stats
 
@@ -257,7 +257,7 @@ def why_not_simulated(spark, conf, name: str):
         real = sorted(s for s, n in (stats.get("cutout_sources") or {}).items()
                       if n and s not in lake.SIMULATED_SOURCES)
         return f"{stats_path} counts cutouts of source(s) {', '.join(real)}" if real else None
-    if not lake.table_exists(spark, path):
+    if not storage.table_exists(path):
         return None
     if name == "cutouts":
         from pyspark.sql import functions as F
@@ -310,10 +310,10 @@ def _write_marked(spark, path: str, frame, inputs: Mapping) -> None:
     def write(staging: str) -> None:
         frame.write.parquet(staging)
         # Through the part files: Spark treats the "_"-prefixed staging folder itself as hidden (and warns).
-        rows = spark.read.parquet(f"{staging.rstrip('/')}/*.parquet").count()
+        rows = spark.read.parquet(storage.spark_uri(f"{staging.rstrip('/')}/*.parquet")).count()
         lake.write_provenance(staging, _provenance(rows, inputs))
 
-    lake.replace_directory(spark, path, write)
+    storage.replace_directory(path, write)
 
 
 def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partition: int | None = None,
@@ -405,8 +405,9 @@ def simulate_lake(spark, conf, n_objects: int, seed: int = 0, *, rows_per_partit
         log.info("simulated cutouts written to %s (%.1f s so far)", cutouts_path, time.monotonic() - began)
 
     quality_counts = {row["quality"]: int(row["count"])
-                      for row in spark.read.parquet(catalog_path).groupBy("quality").count().collect()}
-    n_cutouts = spark.read.parquet(cutouts_path).count() if cutouts else 0
+                      for row in spark.read.parquet(storage.spark_uri(catalog_path)).groupBy("quality").count()
+                      .collect()}
+    n_cutouts = spark.read.parquet(storage.spark_uri(cutouts_path)).count() if cutouts else 0
     result = SimulationResult(catalog=table, catalog_path=catalog_path, cutouts_path=cutouts_path,
                               n_objects=sum(quality_counts.values()), n_cutouts=n_cutouts,
                               quality_counts=quality_counts, partitions=partitions, seed=seed,

@@ -3,8 +3,8 @@ features and the training split's feature statistics.
 
 Reads ``lake/catalog`` and ``lake/cutouts``; writes ``lake/training/{train,validation,test}/`` (schema
 :data:`skyclass.lake.TRAINING`, plain Parquet with several row groups per file so Petastorm can shard them) and
-``lake/training/stats.json``. The whole ``training`` folder is swapped in atomically, so a reader sees either the
-previous table or the new one.
+``lake/training/stats.json``. The whole ``training`` folder is swapped in atomically
+(:func:`skyclass.storage.replace_directory`), so a reader sees either the previous table or the new one.
 
 stats.json also says what the table was made of, from the data: ``cutout_sources`` (rows per ``lake.CUTOUTS.source``
 among the table's rows; ``unknown`` for cutouts written before sources were recorded), ``catalog_simulated``
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Sequence
 
-from skyclass import features, lake
+from skyclass import features, lake, storage
 from skyclass.config import CLASSES, Config, SplitConfig
 from skyclass.errors import SkyclassError
 
@@ -216,9 +216,9 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
     started = time.monotonic()
     root = conf.lake.path("root")
     catalog_path = conf.lake.table("catalog")
-    if not lake.table_exists(spark, catalog_path):
+    if not storage.table_exists(catalog_path):
         raise TrainingTableError(f"no catalog table at {catalog_path}; run `skyclass extract` first")
-    catalog = spark.read.parquet(catalog_path)
+    catalog = spark.read.parquet(storage.spark_uri(catalog_path))
     missing = [c for c in ("objid", "class", "quality", *lake.MAGNITUDES, "redshift") if c not in catalog.columns]
     if missing:
         raise TrainingTableError(f"catalog table {catalog_path} lacks column(s) {', '.join(missing)}; "
@@ -298,10 +298,10 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
          .parquet(staging))
         # One pass over the joined data wrote all three splits; give their folders the names readers expect.
         for split in lake.SPLITS:
-            _rename_or_create(spark, f"{staging}/{_SPLIT_FOLDER_COLUMN}={split}", f"{staging}/{split}")
-        _write_text(spark, f"{staging}/stats.json", json.dumps(stats, indent=2, sort_keys=True))
+            _rename_or_create(f"{staging}/{_SPLIT_FOLDER_COLUMN}={split}", f"{staging}/{split}")
+        storage.write_text(f"{staging}/stats.json", json.dumps(stats, indent=2, sort_keys=True))
 
-    lake.replace_directory(spark, training_root, write)
+    storage.replace_directory(training_root, write)
     elapsed = time.monotonic() - started
     log.info("training table written to %s in %.1f s", training_root, elapsed)
     return TrainingTableResult(path=training_root, rows=per_split, excluded=excluded, without_cutout=without_cutout,
@@ -321,7 +321,7 @@ def _catalog_is_simulated(catalog_path: str) -> bool:
 
 def _cutouts_or_none(spark, path: str):
     """``objid, jpeg, size_px, source`` of the cutouts table, or None when there is no table or it is empty."""
-    if not lake.table_exists(spark, path):
+    if not storage.table_exists(path):
         return None
     cutouts = lake.read_cutouts(spark, path).select("objid", "jpeg", "size_px", "source")
     if not cutouts.select("objid").limit(1).collect():
@@ -331,12 +331,10 @@ def _cutouts_or_none(spark, path: str):
 
 def _cutout_bytes_per_row(spark, path: str) -> float:
     """Mean bytes per row of the cutouts table, from its file sizes and Parquet row counts (no data read)."""
-    if not lake.table_exists(spark, path):
+    if not storage.table_exists(path):
         return 0.0
-    _, fs, hpath = lake.hadoop_fs(spark, path)
-    size = sum(s.getLen() for s in fs.listStatus(hpath)
-               if s.getPath().getName().endswith(".parquet") and not s.getPath().getName().startswith((".", "_")))
-    rows = spark.read.parquet(path).count()
+    size = storage.visible_files_size(path)
+    rows = spark.read.parquet(storage.spark_uri(path)).count()
     return size / rows if rows else 0.0
 
 
@@ -352,22 +350,9 @@ def _image_size_px(cutouts, conf: Config) -> int:
     return int(row["hi"])
 
 
-def _rename_or_create(spark, source: str, target: str) -> None:
+def _rename_or_create(source: str, target: str) -> None:
     """Move ``source`` to ``target``; an empty split (no source folder) becomes an empty folder."""
-    _, fs, src = lake.hadoop_fs(spark, source)
-    *_, dst = lake.hadoop_fs(spark, target)
-    if fs.exists(src):
-        if not fs.rename(src, dst):
-            raise OSError(f"could not rename {source} to {target}")
+    if storage.exists(source):
+        storage.move(source, target)
     else:
-        fs.mkdirs(dst)
-
-
-def _write_text(spark, path: str, text: str) -> None:
-    """Write a small text file through Hadoop's file system (local disk, HDFS and object stores alike)."""
-    _, fs, hpath = lake.hadoop_fs(spark, path)
-    stream = fs.create(hpath, True)
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()
+        storage.make_dirs(target)
