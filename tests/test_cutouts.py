@@ -211,10 +211,9 @@ def test_a_task_gives_each_download_thread_its_own_session_under_one_rate_limit(
     times = np.array(server.request_times("getjpeg"))
     assert len(times) == 40
     # The task's limit holds for its threads together: 40 requests need at least 39 intervals (a lower bound on
-    # the time taken, which a slow machine can only make longer), and no burst beyond it in any 0.4 s window.
+    # the time taken, which a slow machine can only make longer; how arrivals bunch on a loaded machine is not
+    # asserted -- the limiter's slots are checked under a frozen clock in test_skyserver.py).
     assert elapsed >= 39 / rate
-    busiest = max(np.searchsorted(times, t + 0.4, side="left") - k for k, t in enumerate(times))
-    assert busiest <= 0.4 * rate + 2, busiest
 
 
 # --- downloads into the lake ----------------------------------------------------------------------------------------

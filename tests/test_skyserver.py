@@ -181,10 +181,10 @@ def test_rate_limit_holds_across_threads(standin):
             w.start()
         for w in workers:
             w.join()
+    # A lower bound only (a loaded machine can only make it longer); the limiter's slots themselves are checked
+    # under a frozen clock below, not from arrival times, which bunch when the machine is busy.
     assert time.monotonic() - started >= 8 * 0.04 * 0.95
-    times = standin.request_times("sqlsearch")
-    assert len(times) == 9
-    assert _most_in_window(times, 0.2) <= 0.2 * 25 + 2
+    assert len(standin.request_times("sqlsearch")) == 9
 
 
 def test_from_config_divides_the_rate():
