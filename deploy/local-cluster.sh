@@ -26,6 +26,7 @@ Environment:
   SKYCLASS_WORKER_WEBUI_PORTS  comma-separated web UI ports of the workers (default: free ones)
   SKYCLASS_WORKER_MEMORY       memory each worker offers executors (default 3g)
   SKYCLASS_CLUSTER_TIMEOUT_S   how long start waits for the workers to be ALIVE (default 120)
+  SKYCLASS_WORKER_CLEANUP_TTL_S  finished applications' work folders are deleted after this (default 3600)
 USAGE
 }
 
@@ -266,6 +267,10 @@ cmd_start() {
     export PATH="$path_clean" SPARK_LOCAL_IP="$HOST" SPARK_CONF_DIR="$STATE_DIR/conf" SPARK_DAEMON_MEMORY=512m
     # No port hopping: a daemon must bind the port we wrote down, or fail (in its log) if someone took it.
     export SPARK_DAEMON_JAVA_OPTS="-Dspark.port.maxRetries=0"
+    # Every application unpacks its environment archive (~1.5 GB) into each executor's work dir: let the workers
+    # delete the folders of finished applications after SKYCLASS_WORKER_CLEANUP_TTL_S (default 1 hour).
+    SPARK_WORKER_OPTS="-Dspark.worker.cleanup.enabled=true -Dspark.worker.cleanup.interval=300"
+    export SPARK_WORKER_OPTS="$SPARK_WORKER_OPTS -Dspark.worker.cleanup.appDataTtl=${SKYCLASS_WORKER_CLEANUP_TTL_S:-3600}"
     rm -f "$STATE_DIR/master-url" "$STATE_DIR/master-webui-port"
 
     (
