@@ -53,17 +53,27 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _start_cluster_expecting_failure(tmp_path, **env):
-    state = tmp_path / "state"
-    done = run_cluster_script("start", state, env=script_env(state, **env), timeout=120)
-    return state, done
+@pytest.fixture
+def refused_start():
+    """``refused_start(**env)``: run ``start`` in a fresh state dir, expecting a refusal; whatever it did start
+    anyway (when the refusal is broken) is stopped at the end of the test. The state dir is not under pytest's
+    basetemp, which a concurrent pytest run may delete."""
+    state = Path(tempfile.mkdtemp(prefix="skyclass-cluster-")) / "state"
+
+    def start(**env):
+        done = run_cluster_script("start", state, env=script_env(state, **env), timeout=120)
+        return state, done
+
+    yield start
+    run_cluster_script("stop", state)
+    shutil.rmtree(state.parent, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # local-cluster.sh: refusals that need no cluster
 
 
-def test_missing_java_is_reported_and_nothing_starts(tmp_path):
+def test_missing_java_is_reported_and_nothing_starts(tmp_path, refused_start):
     # A PATH with every tool of this machine except java.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -74,20 +84,19 @@ def test_missing_java_is_reported_and_nothing_starts(tmp_path):
             target = os.path.join(folder, name)
             if name != "java" and not (bin_dir / name).exists() and os.access(target, os.X_OK):
                 (bin_dir / name).symlink_to(target)
-    env = script_env(tmp_path / "state", PATH=str(bin_dir))
-    env.pop("JAVA_HOME", None)
-    done = run_cluster_script("start", tmp_path / "state", env=env, timeout=60)
+    os.environ.get("JAVA_HOME") and pytest.skip("JAVA_HOME is set: the test hides java through PATH only")
+    state, done = refused_start(PATH=str(bin_dir))
     assert done.returncode == 2, done.stdout + done.stderr
     assert "java not found" in done.stderr and "Java 17" in done.stderr
-    assert not list((tmp_path / "state").glob("*.pid"))
+    assert not list(state.glob("*.pid"))
 
 
-def test_a_taken_port_is_reported_and_nothing_starts(tmp_path):
+def test_a_taken_port_is_reported_and_nothing_starts(refused_start):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        state, done = _start_cluster_expecting_failure(tmp_path, SKYCLASS_MASTER_PORT=str(port))
+        state, done = refused_start(SKYCLASS_MASTER_PORT=str(port))
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"port {port} on 127.0.0.1" in done.stderr and "SKYCLASS_MASTER_PORT" in done.stderr
     assert "already in use" in done.stderr
