@@ -184,5 +184,5 @@ PY
     fi
 }
 
-main "$@"
-exit $?
+# One line: bash has read all of it before main runs.
+main "$@"; exit $?

@@ -156,6 +156,10 @@ def describe_task(task: int) -> TaskReport:
     )
 
 
+def _ready(rows):
+    return [os.getpid()]
+
+
 def _registered_executors(spark) -> int:
     # The status tracker lists the driver too.
     infos = spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()
@@ -206,8 +210,8 @@ def describe_executors(spark, tasks: int = 4, min_executors: int = 0, timeout_s:
                        sleep: Callable[[float], None] = time.sleep) -> ClusterDescription:
     """Run ``tasks`` small tasks and report where each ran and what its Python imported.
 
-    With ``min_executors`` executors registered before the job starts, the scheduler's first wave gives every
-    free executor core a task, so tasks land on every executor.
+    With ``min_executors``, the tasks run only once that many executor slots are ready; the scheduler's first
+    wave then gives each ready executor a task, so with ``tasks`` >= executors every executor reports.
 
     Parameters
     ----------
@@ -215,7 +219,7 @@ def describe_executors(spark, tasks: int = 4, min_executors: int = 0, timeout_s:
     tasks : int
         Number of tasks (partitions).
     min_executors : int
-        Wait for this many executors first (0: do not wait).
+        Wait for this many executors to register and take tasks first (0: do not wait).
     timeout_s : float
         How long to wait for them.
     clock, sleep : callable
@@ -239,10 +243,15 @@ def describe_executors(spark, tasks: int = 4, min_executors: int = 0, timeout_s:
     """
     if tasks < 1:
         raise ClusterCheckError(f"the number of tasks must be at least 1 (--tasks), got {tasks}")
+    sc = spark.sparkContext
     if min_executors:
         have = wait_for_executors(spark, min_executors, timeout_s, clock=clock, sleep=sleep)
-        log.info("%d executors registered", have)
-    sc = spark.sparkContext
+        log.info("%d executors registered; waiting until they take tasks", have)
+        # Registered is not ready: an executor is offered tasks only once it has fetched and unpacked what the
+        # application ships (a ~400 MB environment), and the first ready one would otherwise run every task. A
+        # barrier stage is launched only when each of its tasks has a free slot at once, so once it has run,
+        # that many slots are ready, and the next stage's first wave gives every ready executor a task.
+        sc.parallelize(range(min_executors), min_executors).barrier().mapPartitions(_ready).collect()
     reports = (sc.parallelize(range(tasks), tasks)
                .mapPartitionsWithIndex(lambda index, _: [describe_task(index)])
                .collect())
