@@ -353,10 +353,16 @@ def test_stop_ends_only_the_jvms_it_started():
         print(f"cluster start took {cluster.start_seconds:.1f} s")
         ours = [cluster.master_pid, *cluster.worker_pids]
         assert not any(_gone(pid) for pid in ours)
+        # What a finished application left in an executor's folder: its logs stay, its unpacked files go.
+        executor_dir = cluster.worker_work_dirs[0] / "app-20260101000000-0000" / "0"
+        (executor_dir / "environment" / "bin").mkdir(parents=True)
+        for name in ("stdout", "stderr", "skyclass-code-0.zip", ".hidden"):
+            (executor_dir / name).write_text(name)
         done = cluster.stop()
         assert done.returncode == 0, done.stderr
         assert all(_gone(pid) for pid in ours)
         assert bystander.poll() is None, "an unrelated process was killed"
+        assert sorted(p.name for p in executor_dir.iterdir()) == ["stderr", "stdout"]
         status = cluster.status()
         assert status.returncode != 0 and "master: not started" in status.stdout
     finally:
