@@ -166,6 +166,15 @@ cmd_stop() {
         echo "$name: pid $pid stopped"
     done
     rm -f "$STATE_DIR"/*.pid "$STATE_DIR/master-url" "$STATE_DIR/master-webui-port"
+    # No application runs any more: drop what they unpacked (~1.5 GB per executor), keep their stdout/stderr.
+    local executor_dir
+    for executor_dir in "$STATE_DIR"/worker-*/work/app-*/*/; do
+        [[ -d "$executor_dir" ]] || continue
+        for entry in "$executor_dir"* "$executor_dir".[!.]*; do
+            [[ -e "$entry" || -L "$entry" ]] || continue
+            case "${entry##*/}" in stdout | stderr) ;; *) rm -rf -- "$entry" ;; esac
+        done
+    done
     echo "cluster in $STATE_DIR stopped"
 }
 

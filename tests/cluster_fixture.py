@@ -130,10 +130,19 @@ class StandaloneCluster:
                 executors.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 pass
+        daemons = []
+        for pid in [self.master_pid, *self.worker_pids]:
+            try:
+                proc = psutil.Process(pid)
+                if str(self.state_dir) in " ".join(proc.cmdline()):
+                    daemons.append(proc)
+            except psutil.Error:
+                pass
         done = run_cluster_script("stop", self.state_dir)
-        # A worker kills its executors when it stops; psutil.Process remembers the start time, so a pid reused
-        # meanwhile is never touched.
-        gone, alive = psutil.wait_procs(executors, timeout=20)
+        # Whatever the script left running (a broken stop, when a test checks that it fails) is ended here, so a
+        # test run never leaves a JVM behind. A worker kills its executors when it stops. psutil.Process
+        # remembers each start time, so a pid reused meanwhile is never touched.
+        _, alive = psutil.wait_procs(daemons + executors, timeout=20)
         for proc in alive:
             proc.kill()
         return done
