@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
 	HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: setup test test-fast demo bench bench-accuracy clean
+.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package
 
 setup: $(STAMP)
 
@@ -37,6 +37,21 @@ bench: setup
 
 bench-accuracy: setup
 	$(PY) bench/accuracy.py
+
+# A Spark standalone master and two workers on 127.0.0.1 (deploy/local-cluster.sh; state in .cluster/).
+cluster-up: setup
+	deploy/local-cluster.sh start
+
+cluster-down:
+	deploy/local-cluster.sh stop
+
+cluster-status:
+	deploy/local-cluster.sh status
+
+# The executors' environment archive (once per requirements hash) and the code zip of this checkout.
+package: setup
+	deploy/package-venv.sh env
+	deploy/package-venv.sh code
 
 clean:
 	rm -rf lake models predictions reports bench-results spark-warehouse

@@ -1,5 +1,7 @@
 # shellcheck shell=bash
 # Shared by deploy/submit-*.sh: job lookup, help, GPU settings and DRY_RUN. Source it; do not run it.
+# A wrapper may set DEFAULT_EXECUTOR_MEMORY, DEFAULT_EXECUTOR_CORES and DEFAULT_PYTHON_MEMORY before sourcing it
+# (the standalone wrapper's defaults fit the local 2-worker cluster of deploy/local-cluster.sh).
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,11 +32,11 @@ Environment:
   GPU=1 | GPU=train    add the GPU settings of deploy/spark-gpu.conf: one task (one Horovod process) per GPU
   GPU=score            the same GPUs shared by one task per executor core, so every core decodes JPEGs
                        for its GPU (spark.task.cpus=1, spark.task.resource.gpu.amount=1/cores)
-  SPARK_SUBMIT         spark-submit executable (default: spark-submit on PATH)
+  SPARK_SUBMIT         spark-submit executable (default: ${DEFAULT_SPARK_SUBMIT_HELP:-spark-submit on PATH})
   SPARK_SUBMIT_ARGS    extra spark-submit arguments, split on spaces (e.g. "--conf spark.x=y")
-  EXECUTOR_MEMORY      executor JVM heap (default 8g)
-  EXECUTOR_CORES       cores per executor (default 4; with GPU, spark-gpu.conf's spark.executor.cores)
-  PYTHON_MEMORY        memory overhead per executor for the Python workers and TensorFlow (default 6g)
+  EXECUTOR_MEMORY      executor JVM heap (default ${DEFAULT_EXECUTOR_MEMORY:-8g})
+  EXECUTOR_CORES       cores per executor (default ${DEFAULT_EXECUTOR_CORES:-4}; with GPU, spark-gpu.conf's spark.executor.cores)
+  PYTHON_MEMORY        memory overhead per executor for the Python workers and TensorFlow (default ${DEFAULT_PYTHON_MEMORY:-6g})
 $3
 USAGE
 }
@@ -84,14 +86,14 @@ skyclass_common_args() {
     local gpu="${GPU:-0}"
     COMMON_ARGS=(
         --name "skyclass-$JOB"
-        --executor-memory "${EXECUTOR_MEMORY:-8g}"
+        --executor-memory "${EXECUTOR_MEMORY:-${DEFAULT_EXECUTOR_MEMORY:-8g}}"
         # TensorFlow and the Arrow batches live in the Python workers, outside the JVM heap.
-        --conf "spark.executor.memoryOverhead=${PYTHON_MEMORY:-6g}"
+        --conf "spark.executor.memoryOverhead=${PYTHON_MEMORY:-${DEFAULT_PYTHON_MEMORY:-6g}}"
         --conf "spark.sql.execution.arrow.pyspark.enabled=true"
     )
     case "$gpu" in
         0 | "")
-            COMMON_ARGS+=(--executor-cores "${EXECUTOR_CORES:-4}")
+            COMMON_ARGS+=(--executor-cores "${EXECUTOR_CORES:-${DEFAULT_EXECUTOR_CORES:-4}}")
             ;;
         1 | train | score)
             local arg cores

@@ -75,6 +75,14 @@ def _demo(spark, conf, args):
     return run_demo(spark, conf)
 
 
+def _check_cluster(spark, conf, args):
+    from skyclass.cluster_check import describe_executors
+
+    description = describe_executors(spark, tasks=args.tasks, min_executors=args.wait_executors,
+                                     timeout_s=args.timeout_s)
+    return description.to_json() if args.json else description
+
+
 def _standin(args):
     from skyclass.standin.server import run_from_args
 
@@ -120,6 +128,14 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         p.add_argument("--seed", type=int, default=0))),
     "run": ("the nightly chain: extract, cutouts, training table, train if needed, score, evaluate", _run,
             lambda p: (p.add_argument("--retrain", action="store_true", help="train even if a model exists"),)),
+    "check-cluster": ("run a few tasks and show, per task, the executor, its Python and where skyclass was "
+                      "imported from", _check_cluster, lambda p: (
+                          p.add_argument("--tasks", type=int, default=4, help="number of tasks (default 4)"),
+                          p.add_argument("--wait-executors", type=int, default=0, metavar="N",
+                                         help="wait for N executors to register before running (default 0)"),
+                          p.add_argument("--timeout-s", type=float, default=120.0,
+                                         help="how long to wait for them (default 120)"),
+                          p.add_argument("--json", action="store_true", help="print JSON instead of a table"))),
     "demo": ("the whole pipeline on this machine against the SkyServer stand-in (what `make demo` runs)", _demo,
              None),
 }
