@@ -49,6 +49,8 @@ if [[ "$ENV_ARCHIVE" != *://* && ! -f "$ENV_ARCHIVE" ]]; then
 fi
 # The code: a zip of this checkout's lib/skyclass, so executors never import skyclass from a checkout.
 CODE_ZIP="$(DRIVER_PYTHON="$DRIVER_PYTHON" "$DEPLOY_DIR/package-venv.sh" code)"
+# The driver imports skyclass from the code zip too: relative config paths resolve against the checkout.
+export SKYCLASS_HOME="${SKYCLASS_HOME:-$REPO_DIR}"
 
 skyclass_common_args
 CONF_FILE="${SKYCLASS_CONF:-$REPO_DIR/conf/cluster.yaml}"

@@ -1,5 +1,6 @@
 """Configuration: YAML files load into typed sections, overrides apply, and bad input names the key and file."""
 import dataclasses
+import os
 
 import pytest
 
@@ -107,3 +108,27 @@ def test_lake_root_and_predictions_are_absolute_once_loaded(tmp_path, monkeypatc
     assert conf.lake.predictions == str(REPO_ROOT / "preds")
     uris = load_config(None, ["lake.root=file:///data/lake", "lake.predictions=hdfs:///data/predictions"])
     assert (uris.lake.root, uris.lake.predictions) == ("file:///data/lake", "hdfs:///data/predictions")
+
+
+def test_relative_paths_resolve_against_the_checkout_not_the_code_zip_spark_submit_ships(tmp_path):
+    """Under spark-submit the driver imports skyclass from dist/skyclass-code-*.zip: without SKYCLASS_HOME (which
+    the wrappers set) a relative lake.root must resolve against the current folder, never inside dist/."""
+    import subprocess
+    import sys
+    import zipfile
+
+    package = REPO_ROOT / "lib" / "skyclass"
+    code_zip = tmp_path / "dist" / "skyclass-code.zip"
+    code_zip.parent.mkdir()
+    with zipfile.ZipFile(code_zip, "w") as zf:
+        for path in package.rglob("*.py"):
+            zf.write(path, path.relative_to(package.parent))
+    work = tmp_path / "work"
+    work.mkdir()
+    probe = "from skyclass.config import load_config; print(load_config(None, ['lake.root=lake']).lake.root)"
+    env = {k: v for k, v in os.environ.items() if k not in ("SKYCLASS_HOME", "PYTHONPATH")}
+    run = lambda **extra: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", probe], cwd=work, capture_output=True, text=True, check=True,
+        env={**env, "PYTHONPATH": str(code_zip), **extra}).stdout.strip()
+    assert run() == str(work / "lake")
+    assert run(SKYCLASS_HOME=str(tmp_path / "checkout")) == str(tmp_path / "checkout" / "lake")

@@ -18,7 +18,23 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 CLASSES = ("GALAXY", "STAR", "QSO")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _project_root() -> Path:
+    """The folder relative config paths are resolved against: ``$SKYCLASS_HOME`` when set (the deploy wrappers
+    set it to the checkout), else the checkout this package lies in, else the current folder. Under spark-submit
+    the package is imported from the shipped code zip (``dist/skyclass-code-*.zip``), whose parent is not a
+    checkout: a relative ``lake`` must not become ``dist/lake``."""
+    home = os.environ.get("SKYCLASS_HOME")
+    if home:
+        return Path(home).resolve()
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "setup.py").is_file() and (checkout / "lib" / "skyclass").is_dir():
+        return checkout
+    return Path.cwd()
+
+
+REPO_ROOT = _project_root()
 
 
 class ConfigError(ValueError):
