@@ -1,0 +1,122 @@
+"""Faults of a cluster, on the real standalone cluster: an executor JVM killed in the middle of a cutout download
+and of scoring (Spark reruns the lost tasks), and the driver killed in the middle of both (the rerun finishes).
+Each time the lake ends with every object exactly once.
+
+"In the middle" is a known point, not a guessed time: the stand-in holds cutout requests after the first 120
+until the kill is done; for scoring, the kill waits until the night's write tasks have opened their files."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from catalog_fixture import make_labelled, make_photometric
+from cluster_fixture import standalone_cluster  # noqa: F401 - the fixture
+from cluster_jobs import (ROOT, events, job_settings, kill_driver, lost_tasks, submit, submit_in_background,
+                          wait_for, wait_ok)
+
+pytestmark = pytest.mark.slow
+
+N_LABELLED = 400
+N_SCORED = 6000
+NIGHT = "2026-02-01"
+
+
+def _cutouts_lake(cluster, standin_factory, tmp_path: Path):
+    labelled = make_labelled(N_LABELLED, seed=5)
+    server = standin_factory(catalogs=[labelled, make_photometric(10, seed=6)])
+    sets = job_settings(tmp_path, server.url, **{"cutouts.rows_per_file": "20"})
+    submit(cluster, tmp_path / "events", "extract_catalog", *sets)
+    return labelled, server, sets
+
+
+def _assert_each_cutout_once(tmp_path: Path, labelled: pd.DataFrame) -> None:
+    cutouts = pd.read_parquet(tmp_path / "lake" / "cutouts")
+    assert cutouts.objid.is_unique
+    assert set(cutouts.objid) == set(labelled.objid)
+
+
+def test_an_executor_killed_mid_download_loses_and_duplicates_nothing(standalone_cluster, standin_factory,
+                                                                      tmp_path):
+    labelled, server, sets = _cutouts_lake(standalone_cluster, standin_factory, tmp_path)
+    gate = server.hold("getjpeg", after=120)
+    process = submit_in_background(standalone_cluster, tmp_path / "events", "download_cutouts", *sets,
+                                   log_path=tmp_path / "cutouts.log")
+    assert gate.reached.wait(600), (tmp_path / "cutouts.log").read_text()[-3000:]
+    executors = standalone_cluster.executor_pids()
+    assert len(executors) == 2
+    os.kill(executors[0], signal.SIGKILL)
+    gate.release()
+    wait_ok(process, tmp_path / "cutouts.log")
+    _assert_each_cutout_once(tmp_path, labelled)
+    assert lost_tasks(events(tmp_path / "events")[-1]) >= 1  # the kill really took a running task with it
+
+
+def test_the_driver_killed_mid_download_then_a_rerun_finishes_it(standalone_cluster, standin_factory, tmp_path):
+    labelled, server, sets = _cutouts_lake(standalone_cluster, standin_factory, tmp_path)
+    gate = server.hold("getjpeg", after=120)
+    process = submit_in_background(standalone_cluster, tmp_path / "events", "download_cutouts", *sets,
+                                   log_path=tmp_path / "cutouts.log")
+    assert gate.reached.wait(600), (tmp_path / "cutouts.log").read_text()[-3000:]
+    kill_driver(process)
+    gate.release()
+    committed = pd.read_parquet(tmp_path / "lake" / "cutouts")  # whole chunks only, never a torn file
+    assert 0 < len(committed) <= 120 and committed.objid.is_unique
+    # The dead run's lock is stale (its process is gone): the rerun takes it over and fetches the rest.
+    submit(standalone_cluster, tmp_path / "events", "download_cutouts", *sets)
+    _assert_each_cutout_once(tmp_path, labelled)
+    assert not (tmp_path / "lake" / "cutout_failures").exists() or \
+        len(pd.read_parquet(tmp_path / "lake" / "cutout_failures")) == 0
+
+
+def _scoring_lake(cluster, tmp_path: Path) -> list[str]:
+    """A SIMULATED lake of N_SCORED objects with cutouts (written by the cluster) and an untrained package
+    (scoring's speed and bookkeeping do not depend on the weights)."""
+    sets = job_settings(tmp_path, "http://127.0.0.1:9/unused", **{"score.batch_rows": "64"})
+    submit(cluster, tmp_path / "events", "simulate", "--objects", str(N_SCORED), *sets)
+    package = subprocess.run([sys.executable, str(ROOT / "bench" / "score_bench.py"), "--build-package",
+                              str(tmp_path / "models")], check=True, capture_output=True, text=True,
+                             cwd=ROOT).stdout.strip().splitlines()[-1]
+    return [*sets, "--set", f"score.model={package}", "--set", f"score.run_date={NIGHT}"]
+
+
+def _write_tasks_started(tmp_path: Path) -> bool:
+    """True once a task of the night's write has opened its output file (Spark's attempt folders)."""
+    root = tmp_path / "predictions"
+    return root.exists() and any("_temporary" in str(p) for p in root.rglob("part-*"))
+
+
+def _assert_each_object_scored_once(tmp_path: Path) -> None:
+    night = pd.read_parquet(tmp_path / "predictions" / f"run_date={NIGHT}")
+    catalog = pd.read_parquet(tmp_path / "lake" / "photometric")
+    assert night.objid.is_unique
+    assert set(night.objid) == set(catalog.objid) and len(night) == N_SCORED
+
+
+def test_an_executor_killed_mid_score_loses_and_duplicates_nothing(standalone_cluster, tmp_path):
+    sets = _scoring_lake(standalone_cluster, tmp_path)
+    process = submit_in_background(standalone_cluster, tmp_path / "events", "score_catalog", *sets,
+                                   log_path=tmp_path / "score.log")
+    wait_for(lambda: _write_tasks_started(tmp_path) or process.poll() is not None, 600, "scoring's write tasks")
+    assert process.poll() is None, "scoring ended before the kill"
+    os.kill(standalone_cluster.executor_pids()[0], signal.SIGKILL)
+    wait_ok(process, tmp_path / "score.log")
+    _assert_each_object_scored_once(tmp_path)
+    assert lost_tasks(events(tmp_path / "events")[-1]) >= 1
+
+
+def test_the_driver_killed_mid_score_then_a_rerun_finishes_the_night(standalone_cluster, tmp_path):
+    sets = _scoring_lake(standalone_cluster, tmp_path)
+    process = submit_in_background(standalone_cluster, tmp_path / "events", "score_catalog", *sets,
+                                   log_path=tmp_path / "score.log")
+    wait_for(lambda: _write_tasks_started(tmp_path) or process.poll() is not None, 600, "scoring's write tasks")
+    assert process.poll() is None, "scoring ended before the kill"
+    kill_driver(process)
+    assert not (tmp_path / "predictions" / f"run_date={NIGHT}").exists()  # nothing half-written is visible
+    submit(standalone_cluster, tmp_path / "events", "score_catalog", *sets)
+    _assert_each_object_scored_once(tmp_path)
