@@ -7,8 +7,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+from cluster_fixture import script_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = ROOT / "deploy" / "submit-standalone.sh"
@@ -33,17 +36,22 @@ def job_settings(tmp_path: Path, standin_url: str, **extra: str) -> list[str]:
 
 
 def submit_env(cluster, events_dir: Path) -> dict:
-    """Environment of a submit: the cluster's master, event logs to ``events_dir``, quiet logs."""
+    """Environment of a submit (the deploy scripts' scrubbed one): the cluster's master, this venv's Python as the
+    driver's, event logs to ``events_dir``, quiet logs."""
     events_dir.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "SPARK_MASTER_URL": cluster.master_url, "SKYCLASS_CONF": str(CONF),
-            "SKYCLASS_LOG_LEVEL": "WARNING",
-            "SPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events_dir.as_uri()}"}
+    return script_env(cluster.state_dir, SPARK_MASTER_URL=cluster.master_url, DRIVER_PYTHON=sys.executable,
+                      SKYCLASS_CONF=str(CONF), SKYCLASS_LOG_LEVEL="WARNING",
+                      SPARK_SUBMIT_ARGS=f"--conf spark.eventLog.enabled=true "
+                                        f"--conf spark.eventLog.dir={events_dir.as_uri()}")
 
 
 def submit(cluster, events_dir: Path, job: str, *args: str, timeout_s: float = 1200) -> str:
     """Run one job through deploy/submit-standalone.sh; its stdout, or AssertionError with both streams."""
-    done = subprocess.run([str(SUBMIT), job, *args], capture_output=True, text=True, timeout=timeout_s, cwd=ROOT,
-                          env=submit_env(cluster, events_dir))
+    try:
+        done = subprocess.run([str(SUBMIT), job, *args], capture_output=True, text=True, timeout=timeout_s,
+                              cwd=ROOT, env=submit_env(cluster, events_dir))
+    finally:
+        cluster.prune_finished_applications()  # each application unpacks ~1.5 GB per executor
     if done.returncode != 0:
         raise AssertionError(f"{job} {' '.join(args)} exited {done.returncode}\n--- stdout\n{done.stdout[-3000:]}"
                              f"\n--- stderr\n{done.stderr[-8000:]}")
@@ -58,8 +66,9 @@ def submit_in_background(cluster, events_dir: Path, job: str, *args: str, log_pa
                             env=submit_env(cluster, events_dir), start_new_session=True)
 
 
-def wait_ok(process: subprocess.Popen, log_path: Path, timeout_s: float = 900) -> None:
+def wait_ok(cluster, process: subprocess.Popen, log_path: Path, timeout_s: float = 900) -> None:
     code = process.wait(timeout=timeout_s)
+    cluster.prune_finished_applications()
     if code != 0:
         raise AssertionError(f"the background submit exited {code}\n{log_path.read_text()[-8000:]}")
 

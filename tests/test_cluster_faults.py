@@ -52,7 +52,7 @@ def test_an_executor_killed_mid_download_loses_and_duplicates_nothing(standalone
     assert len(executors) == 2
     os.kill(executors[0], signal.SIGKILL)
     gate.release()
-    wait_ok(process, tmp_path / "cutouts.log")
+    wait_ok(standalone_cluster, process, tmp_path / "cutouts.log")
     _assert_each_cutout_once(tmp_path, labelled)
     assert lost_tasks(events(tmp_path / "events")[-1]) >= 1  # the kill really took a running task with it
 
@@ -105,7 +105,7 @@ def test_an_executor_killed_mid_score_loses_and_duplicates_nothing(standalone_cl
     wait_for(lambda: _write_tasks_started(tmp_path) or process.poll() is not None, 600, "scoring's write tasks")
     assert process.poll() is None, "scoring ended before the kill"
     os.kill(standalone_cluster.executor_pids()[0], signal.SIGKILL)
-    wait_ok(process, tmp_path / "score.log")
+    wait_ok(standalone_cluster, process, tmp_path / "score.log")
     _assert_each_object_scored_once(tmp_path)
     assert lost_tasks(events(tmp_path / "events")[-1]) >= 1
 
