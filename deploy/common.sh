@@ -136,12 +136,15 @@ skyclass_run() {
     exec "$@"
 }
 
-# The packed venv (deploy/package-venv.sh) that YARN and standalone executors unpack as ./environment.
+# The executors' environment (deploy/package-venv.sh env: the pinned stack and Horovod, one archive per
+# requirements hash, unpacked as ./environment) and the skyclass code (deploy/package-venv.sh code: a zip of
+# lib/skyclass, rebuilt from the checkout at every submit, shipped with --py-files). Sets VENV_ARCHIVE, CODE_ZIP.
 skyclass_venv_archive() {
-    VENV_ARCHIVE="${SKYCLASS_VENV_ARCHIVE:-$REPO_DIR/dist/skyclass-venv.tar.gz}"
+    VENV_ARCHIVE="${SKYCLASS_VENV_ARCHIVE:-$("$DEPLOY_DIR/package-venv.sh" env-path)}"
     if [[ "${DRY_RUN:-0}" != "1" && "$VENV_ARCHIVE" != *://* && ! -f "$VENV_ARCHIVE" ]]; then
-        echo "deploy: no packed environment at $VENV_ARCHIVE; build it with deploy/package-venv.sh" \
+        echo "deploy: no packed environment at $VENV_ARCHIVE; build it with deploy/package-venv.sh env" \
              "(or set SKYCLASS_VENV_ARCHIVE, e.g. to an hdfs:// copy)" >&2
         exit 2
     fi
+    CODE_ZIP="$("$DEPLOY_DIR/package-venv.sh" code)"  # with DRY_RUN=1: its path only, nothing written
 }

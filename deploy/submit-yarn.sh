@@ -5,7 +5,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 skyclass_parse_job submit-yarn.sh "YARN (cluster deploy mode)" \
 "  SKYCLASS_CONF        config file shipped with --files (default conf/cluster.yaml)
-  SKYCLASS_VENV_ARCHIVE  packed venv (default dist/skyclass-venv.tar.gz; an hdfs:// URI avoids re-uploading)
+  SKYCLASS_VENV_ARCHIVE  environment archive (default dist/skyclass-env-<hash>.tar.gz of deploy/package-venv.sh
+                       env; an hdfs:// copy avoids re-uploading it)
   YARN_QUEUE           YARN queue (default: default)" "$@"
 skyclass_venv_archive
 skyclass_common_args
@@ -18,6 +19,7 @@ skyclass_run "$SPARK_SUBMIT" \
     --deploy-mode cluster \
     --queue "${YARN_QUEUE:-default}" \
     --archives "$VENV_ARCHIVE#environment" \
+    --py-files "$CODE_ZIP" \
     --files "$CONF_FILE" \
     --conf spark.yarn.appMasterEnv.PYSPARK_PYTHON=./environment/bin/python \
     --conf spark.pyspark.python=./environment/bin/python \

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -271,7 +272,8 @@ def test_yarn_dry_run_submits_every_job(job):
     assert argv[0] == "spark-submit"
     assert _option(argv, "--master") == "yarn" and _option(argv, "--deploy-mode") == "cluster"
     archive = _option(argv, "--archives")
-    assert archive.endswith("dist/skyclass-venv.tar.gz#environment")
+    assert re.search(r"dist/skyclass-env-[0-9a-f]{12}\.tar\.gz#environment$", archive), archive
+    assert re.search(r"dist/skyclass-code-.*\.zip$", _option(argv, "--py-files"))
     confs = _confs(argv)
     assert confs["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] == "./environment/bin/python"
     assert confs["spark.pyspark.python"] == "./environment/bin/python"
