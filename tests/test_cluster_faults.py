@@ -74,11 +74,16 @@ def test_the_driver_killed_mid_download_then_a_rerun_finishes_it(standalone_clus
         len(pd.read_parquet(tmp_path / "lake" / "cutout_failures")) == 0
 
 
-def _scoring_lake(cluster, tmp_path: Path) -> list[str]:
-    """A SIMULATED lake of N_SCORED objects with cutouts (written by the cluster) and an untrained package
-    (scoring's speed and bookkeeping do not depend on the weights)."""
+def _scoring_lake(spark, tmp_path: Path) -> list[str]:
+    """A SIMULATED lake of N_SCORED objects with cutouts (written here by the test's local Spark: what is under
+    test is scoring on the cluster) and an untrained package (scoring's speed and bookkeeping do not depend on the
+    weights); returns the jobs' --set items."""
+    from skyclass.config import load_config
+    from skyclass.simulate import simulate_lake
+
     sets = job_settings(tmp_path, "http://127.0.0.1:9/unused", **{"score.batch_rows": "64"})
-    submit(cluster, tmp_path / "events", "simulate", "--objects", str(N_SCORED), *sets)
+    conf = load_config(None, [item for item in sets if item != "--set"])
+    simulate_lake(spark, conf, n_objects=N_SCORED, seed=0, rows_per_partition=1000)
     package = subprocess.run([sys.executable, str(ROOT / "bench" / "score_bench.py"), "--build-package",
                               str(tmp_path / "models")], check=True, capture_output=True, text=True,
                              cwd=ROOT).stdout.strip().splitlines()[-1]
@@ -98,8 +103,8 @@ def _assert_each_object_scored_once(tmp_path: Path) -> None:
     assert set(night.objid) == set(catalog.objid) and len(night) == N_SCORED
 
 
-def test_an_executor_killed_mid_score_loses_and_duplicates_nothing(standalone_cluster, tmp_path):
-    sets = _scoring_lake(standalone_cluster, tmp_path)
+def test_an_executor_killed_mid_score_loses_and_duplicates_nothing(standalone_cluster, spark, tmp_path):
+    sets = _scoring_lake(spark, tmp_path)
     process = submit_in_background(standalone_cluster, tmp_path / "events", "score_catalog", *sets,
                                    log_path=tmp_path / "score.log")
     wait_for(lambda: _write_tasks_started(tmp_path) or process.poll() is not None, 600, "scoring's write tasks")
@@ -110,8 +115,8 @@ def test_an_executor_killed_mid_score_loses_and_duplicates_nothing(standalone_cl
     assert lost_tasks(events(tmp_path / "events")[-1]) >= 1
 
 
-def test_the_driver_killed_mid_score_then_a_rerun_finishes_the_night(standalone_cluster, tmp_path):
-    sets = _scoring_lake(standalone_cluster, tmp_path)
+def test_the_driver_killed_mid_score_then_a_rerun_finishes_the_night(standalone_cluster, spark, tmp_path):
+    sets = _scoring_lake(spark, tmp_path)
     process = submit_in_background(standalone_cluster, tmp_path / "events", "score_catalog", *sets,
                                    log_path=tmp_path / "score.log")
     wait_for(lambda: _write_tasks_started(tmp_path) or process.poll() is not None, 600, "scoring's write tasks")

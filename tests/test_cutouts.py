@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 from catalog_fixture import make_labelled
+from lock_holders import holder_processes
 from skyclass import lake
 from skyclass.cutouts import (CutoutSettings, CutoutsError, InvalidCutout, _chunks, cutout_request,
                               download_cutouts, download_partition, fetch_cutout, per_task_rate, validate_jpeg)
@@ -424,21 +425,8 @@ LAKE_LOCK_HOLDER = textwrap.dedent("""
 @pytest.fixture
 def lake_lock_holder():
     """``lake_lock_holder(conf)``: another process holding the lake's cutouts lock (stopped at the end)."""
-    started = []
-
-    def start(conf) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")]))
-        process = subprocess.Popen([sys.executable, "-c", LAKE_LOCK_HOLDER, f"lake.root={conf.lake.path('root')}"],
-                                   env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        started.append(process)
-        assert process.stdout.readline().strip() == "held"
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
+    for start in holder_processes(LAKE_LOCK_HOLDER):
+        yield lambda conf: start(f"lake.root={conf.lake.path('root')}")
 
 
 def test_a_second_download_of_the_lake_is_refused_at_once(spark, conf_for, standin_factory, lake_lock_holder):

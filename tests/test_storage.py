@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lock_holders import holder_processes
 from skyclass import storage
 from skyclass.storage import Lock, LockHeldError, StorageError
 
@@ -324,21 +325,7 @@ LOCK_HOLDER = textwrap.dedent("""
 @pytest.fixture
 def lock_holder():
     """``lock_holder(path)``: a process that takes the lock and holds it; every process started is stopped."""
-    started = []
-
-    def start(path: str) -> subprocess.Popen:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "lib"), os.environ.get("PYTHONPATH", "")]))
-        process = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, path], env=env, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True)
-        started.append(process)
-        assert process.stdout.readline().strip() == "held"
-        return process
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
+    yield from holder_processes(LOCK_HOLDER)
 
 
 def test_a_second_holder_is_refused_at_once_with_the_holder_named(root, lock_holder):
