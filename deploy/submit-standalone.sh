@@ -20,7 +20,9 @@ skyclass_parse_job submit-standalone.sh "a Spark standalone cluster (client depl
                        deploy/package-venv.sh, built first if missing; an hdfs:// URI is used as it is)
   DRIVER_PYTHON        Python of the driver, with the pinned stack (default .venv/bin/python)
   DRIVER_HOST          address executors reach the driver at (default 127.0.0.1 for a loopback master)
-  TOTAL_CORES          cores of the whole application (default 2)" "$@"
+  TOTAL_CORES          cores of the whole application (default 2)
+  DRIVER_LOG_CONF      log4j2 file of the driver JVM (default deploy/log4j2-driver.properties: warnings only;
+                       empty: Spark's default, INFO)" "$@"
 if [[ -z "${SPARK_MASTER_URL:-}" ]]; then
     echo "deploy/submit-standalone.sh: set SPARK_MASTER_URL=spark://<master host>:7077" \
          "(for the local cluster: SPARK_MASTER_URL=\$(cat .cluster/master-url))" >&2
@@ -63,6 +65,12 @@ if [[ -z "$DRIVER_HOST" && "$SPARK_MASTER_URL" =~ ^spark://(127\.[0-9.]+|localho
 fi
 if [[ -n "$DRIVER_HOST" ]]; then
     DRIVER_ARGS=(--conf "spark.driver.host=$DRIVER_HOST" --conf "spark.driver.bindAddress=$DRIVER_HOST")
+fi
+# The driver runs here, on the user's terminal: Spark's INFO chatter off (deploy/log4j2-driver.properties keeps
+# warnings and errors); DRIVER_LOG_CONF= (empty) restores Spark's default.
+DRIVER_LOG_CONF="${DRIVER_LOG_CONF-$DEPLOY_DIR/log4j2-driver.properties}"
+if [[ -n "$DRIVER_LOG_CONF" ]]; then
+    DRIVER_ARGS+=(--driver-java-options "-Dlog4j2.configurationFile=file:$DRIVER_LOG_CONF")
 fi
 
 skyclass_run "$SPARK_SUBMIT" \

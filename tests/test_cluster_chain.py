@@ -75,7 +75,7 @@ def test_every_job_then_a_second_incremental_night_on_the_standalone_cluster(sta
 
     # Every job ran tasks in the executors of both workers (never in the driver).
     by_app = [(app_name(app), task_workers(app)) for app in events(logs)]
-    assert len(by_app) == 10, by_app  # one application per submit
+    assert len(by_app) == 9, by_app  # one application per submit
     for name, workers in by_app:
         assert workers and "driver" not in workers, (name, workers)
     for name in ("extract", "cutouts", "table", "train", "score", "run"):
