@@ -3,7 +3,8 @@ and of scoring (Spark reruns the lost tasks), and the driver killed in the middl
 Each time the lake ends with every object exactly once.
 
 "In the middle" is a known point, not a guessed time: the stand-in holds cutout requests after the first 120
-until the kill is done; for scoring, the kill waits until the night's write tasks have opened their files."""
+until the kill is done; for scoring, the kill waits until an executor's Python worker has loaded the model's
+TensorFlow (its task is classifying), and the event log must then show a task lost with the executor."""
 from __future__ import annotations
 
 import os
@@ -90,10 +91,24 @@ def _scoring_lake(spark, tmp_path: Path) -> list[str]:
     return [*sets, "--set", f"score.model={package}", "--set", f"score.run_date={NIGHT}"]
 
 
-def _write_tasks_started(tmp_path: Path) -> bool:
-    """True once a task of the night's write has opened its output file (Spark's attempt folders)."""
-    root = tmp_path / "predictions"
-    return root.exists() and any("_temporary" in str(p) for p in root.rglob("part-*"))
+def _executor_running_the_model(cluster):
+    """The pid of an executor JVM whose Python workers have loaded TensorFlow, or None. Scoring imports TensorFlow
+    in the worker only when its task starts classifying (nothing earlier in the job does), so this is a task in
+    the middle of scoring."""
+    import psutil
+
+    for pid in cluster.executor_pids():
+        try:
+            workers = psutil.Process(pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for worker in workers:
+            try:
+                if any("tensorflow" in m.path for m in worker.memory_maps()):
+                    return pid
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    return None
 
 
 def _assert_each_object_scored_once(tmp_path: Path) -> None:
@@ -107,9 +122,10 @@ def test_an_executor_killed_mid_score_loses_and_duplicates_nothing(standalone_cl
     sets = _scoring_lake(spark, tmp_path)
     process = submit_in_background(standalone_cluster, tmp_path / "events", "score_catalog", *sets,
                                    log_path=tmp_path / "score.log")
-    wait_for(lambda: _write_tasks_started(tmp_path) or process.poll() is not None, 600, "scoring's write tasks")
+    victim = wait_for(lambda: _executor_running_the_model(standalone_cluster) or process.poll() is not None, 600,
+                      "an executor scoring")
     assert process.poll() is None, "scoring ended before the kill"
-    os.kill(standalone_cluster.executor_pids()[0], signal.SIGKILL)
+    os.kill(victim, signal.SIGKILL)
     wait_ok(standalone_cluster, process, tmp_path / "score.log")
     _assert_each_object_scored_once(tmp_path)
     assert lost_tasks(events(tmp_path / "events")[-1]) >= 1
@@ -119,7 +135,8 @@ def test_the_driver_killed_mid_score_then_a_rerun_finishes_the_night(standalone_
     sets = _scoring_lake(spark, tmp_path)
     process = submit_in_background(standalone_cluster, tmp_path / "events", "score_catalog", *sets,
                                    log_path=tmp_path / "score.log")
-    wait_for(lambda: _write_tasks_started(tmp_path) or process.poll() is not None, 600, "scoring's write tasks")
+    wait_for(lambda: _executor_running_the_model(standalone_cluster) or process.poll() is not None, 600,
+             "an executor scoring")
     assert process.poll() is None, "scoring ended before the kill"
     kill_driver(process)
     assert not (tmp_path / "predictions" / f"run_date={NIGHT}").exists()  # nothing half-written is visible
