@@ -1,6 +1,6 @@
 """Scoring on local[2] and on the 2-worker standalone cluster, the same SIMULATED lake and cores, in one run.
 
-    python bench/cluster_bench.py [--objects 200000] [--repeats 1] [--workdir DIR] [--keep]
+    python bench/cluster_bench.py [--objects 200000] [--repeats 2] [--workdir DIR] [--keep]
 
 Simulates a lake of ``--objects`` objects (catalog + rendered cutouts: SIMULATED images, the figures are about
 throughput only) under a ``file://`` root, builds an untrained multimodal small_cnn package (throughput does not
@@ -61,7 +61,7 @@ def _sets(workdir: Path, package: str, predictions: str) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=200_000)
-    parser.add_argument("--repeats", type=int, default=1, help="runs per side (alternating)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side, alternating (default 2)")
     parser.add_argument("--workdir", help="where the lake and the cluster's state go (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
