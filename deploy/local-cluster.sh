@@ -5,6 +5,7 @@
 #   deploy/local-cluster.sh start     start it (a no-op if it is already running) and wait for both workers
 #   deploy/local-cluster.sh status    master URL and each process; exits 3 if not (fully) running
 #   deploy/local-cluster.sh stop      stop exactly the JVMs that start started (pid files in the state dir)
+#   deploy/local-cluster.sh prune     drop what finished applications unpacked (their logs stay)
 set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,7 +13,7 @@ REPO_DIR="$(cd "$DEPLOY_DIR/.." && pwd)"
 
 usage() {
     cat <<USAGE
-usage: deploy/local-cluster.sh start|stop|status
+usage: deploy/local-cluster.sh start|stop|status|prune
 
 A Spark standalone master and $WORKERS workers ($WORKER_CORES core, $WORKER_MEMORY each) on 127.0.0.1, from the
 pyspark distribution of the venv. Pid files, logs, work dirs and master-url live in the state dir.
@@ -166,16 +167,28 @@ cmd_stop() {
         echo "$name: pid $pid stopped"
     done
     rm -f "$STATE_DIR"/*.pid "$STATE_DIR/master-url" "$STATE_DIR/master-webui-port"
-    # No application runs any more: drop what they unpacked (~1.5 GB per executor), keep their stdout/stderr.
-    local executor_dir
+    cmd_prune
+    echo "cluster in $STATE_DIR stopped"
+}
+
+# Drop what finished applications' executors unpacked under the workers' work dirs (~1.5 GB each: the shipped
+# environment), keeping their stdout/stderr. An executor still running (some process's working directory is its
+# folder) is left alone, so this is safe while the cluster runs.
+cmd_prune() {
+    local executor_dir entry proc running=""
+    for proc in /proc/[0-9]*; do
+        running+="$(readlink "$proc/cwd" 2>/dev/null || true)"$'\n'
+    done
     for executor_dir in "$STATE_DIR"/worker-*/work/app-*/*/; do
         [[ -d "$executor_dir" ]] || continue
+        if grep -qxF -- "${executor_dir%/}" <<<"$running"; then
+            continue
+        fi
         for entry in "$executor_dir"* "$executor_dir".[!.]*; do
             [[ -e "$entry" || -L "$entry" ]] || continue
             case "${entry##*/}" in stdout | stderr) ;; *) rm -rf -- "$entry" ;; esac
         done
     done
-    echo "cluster in $STATE_DIR stopped"
 }
 
 # Free loopback ports, or the ones asked for after checking that nothing holds them.
@@ -328,6 +341,7 @@ case "$ACTION" in
     start) PY="$(helper_python)"; cmd_start ;;
     stop) STATE_DIR="$(cd "$STATE_DIR" 2>/dev/null && pwd || echo "$STATE_DIR")"; cmd_stop ;;
     status) PY="$(helper_python)"; STATE_DIR="$(cd "$STATE_DIR" 2>/dev/null && pwd || echo "$STATE_DIR")"; cmd_status ;;
+    prune) STATE_DIR="$(cd "$STATE_DIR" 2>/dev/null && pwd || echo "$STATE_DIR")"; cmd_prune ;;
     -h | --help) usage ;;
     *) usage >&2; exit 2 ;;
 esac; exit $?

@@ -16,7 +16,6 @@ before the cluster starts) for the executors.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -149,26 +148,8 @@ class StandaloneCluster:
 
     def prune_finished_applications(self) -> None:
         """Delete what finished applications unpacked into the worker dirs (an environment is ~1.5 GB per executor);
-        their stdout/stderr logs stay."""
-        import psutil
-
-        running = set()
-        for pid in self.executor_pids():
-            try:
-                running.add(Path(psutil.Process(pid).cwd()))
-            except psutil.Error:
-                continue
-        for work_dir in self.worker_work_dirs:
-            for executor_dir in work_dir.glob("app-*/*"):
-                if executor_dir in running or not executor_dir.is_dir():
-                    continue
-                for entry in executor_dir.iterdir():
-                    if entry.name in ("stdout", "stderr"):
-                        continue
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry, ignore_errors=True)
-                    else:
-                        entry.unlink(missing_ok=True)
+        their stdout/stderr logs stay (``deploy/local-cluster.sh prune``)."""
+        run_cluster_script("prune", self.state_dir)
 
     def executor_pids(self) -> list[int]:
         """Pids of the executor JVMs (CoarseGrainedExecutorBackend) that our workers launched, running now."""

@@ -35,23 +35,18 @@ def job_settings(tmp_path: Path, standin_url: str, **extra: str) -> list[str]:
     return [arg for key, value in items.items() for arg in ("--set", f"{key}={value}")]
 
 
-def submit_env(cluster, events_dir: Path) -> dict:
-    """Environment of a submit (the deploy scripts' scrubbed one): the cluster's master, this venv's Python as the
-    driver's, event logs to ``events_dir``, quiet logs."""
+def _job_env(events_dir: Path) -> dict:
+    """What every submit of these tests adds to the fixture's environment: event logs to ``events_dir`` (where
+    tasks ran, which were lost) and quiet logs."""
     events_dir.mkdir(parents=True, exist_ok=True)
-    return script_env(cluster.state_dir, SPARK_MASTER_URL=cluster.master_url, DRIVER_PYTHON=sys.executable,
-                      SKYCLASS_CONF=str(CONF), SKYCLASS_LOG_LEVEL="WARNING",
-                      SPARK_SUBMIT_ARGS=f"--conf spark.eventLog.enabled=true "
-                                        f"--conf spark.eventLog.dir={events_dir.as_uri()}")
+    return {"SKYCLASS_LOG_LEVEL": "WARNING",
+            "SPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir={events_dir.as_uri()}"}
 
 
 def submit(cluster, events_dir: Path, job: str, *args: str, timeout_s: float = 1200) -> str:
-    """Run one job through deploy/submit-standalone.sh; its stdout, or AssertionError with both streams."""
-    try:
-        done = subprocess.run([str(SUBMIT), job, *args], capture_output=True, text=True, timeout=timeout_s,
-                              cwd=ROOT, env=submit_env(cluster, events_dir))
-    finally:
-        cluster.prune_finished_applications()  # each application unpacks ~1.5 GB per executor
+    """Run one job through deploy/submit-standalone.sh (the fixture's submit); its stdout, or AssertionError with
+    both streams."""
+    done = cluster.submit(job, *args, env=_job_env(events_dir), conf=CONF, timeout=timeout_s)
     if done.returncode != 0:
         raise AssertionError(f"{job} {' '.join(args)} exited {done.returncode}\n--- stdout\n{done.stdout[-3000:]}"
                              f"\n--- stderr\n{done.stderr[-8000:]}")
@@ -62,8 +57,10 @@ def submit_in_background(cluster, events_dir: Path, job: str, *args: str, log_pa
     """Start a submit in its own process group (so the whole driver -- spark-submit's JVM and the Python driver
     -- can be killed at once, as a crashed gateway host would lose it)."""
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process by kill_driver / wait_ok
-    return subprocess.Popen([str(SUBMIT), job, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env=submit_env(cluster, events_dir), start_new_session=True)
+    env = script_env(cluster.state_dir, SPARK_MASTER_URL=cluster.master_url, DRIVER_PYTHON=sys.executable,
+                     SKYCLASS_CONF=str(CONF), **_job_env(events_dir))
+    return subprocess.Popen([str(SUBMIT), job, *args], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                            start_new_session=True)
 
 
 def wait_ok(cluster, process: subprocess.Popen, log_path: Path, timeout_s: float = 900) -> None:

@@ -109,6 +109,25 @@ def test_status_of_no_cluster_is_non_zero(tmp_path):
     assert "master: not started" in done.stdout
 
 
+def test_prune_drops_what_finished_applications_unpacked_and_spares_a_running_executor(tmp_path):
+    apps = tmp_path / "worker-1" / "work" / "app-20260101000000-0000"
+    finished, running = apps / "0", apps / "1"
+    for executor in (finished, running):
+        (executor / "environment" / "bin").mkdir(parents=True)
+        (executor / "skyclass-code-x.zip").write_bytes(b"zip")
+        (executor / "stderr").write_text("Running task 0.0\n")
+    # A process working in an executor's folder stands for a running executor JVM.
+    executor_jvm = subprocess.Popen(["sleep", "60"], cwd=running)
+    try:
+        done = run_cluster_script("prune", tmp_path)
+    finally:
+        executor_jvm.kill()
+        executor_jvm.wait()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in finished.iterdir()) == ["stderr"]
+    assert sorted(p.name for p in running.iterdir()) == ["environment", "skyclass-code-x.zip", "stderr"]
+
+
 def test_stop_never_kills_a_process_that_merely_has_our_pid(tmp_path):
     # Pid files left by a cluster that died, whose pids now belong to unrelated processes.
     state = tmp_path / "state"

@@ -45,7 +45,7 @@ def test_uris_map_onto_pyarrow_file_systems():
     assert storage._parse("gs://b/k/x") == storage._Location("gs", "b", "b/k/x")
     assert storage._parse("hdfs://nn:8020/data/lake") == storage._Location("hdfs", "nn:8020", "/data/lake")
     assert storage._parse("hdfs:///data/lake") == storage._Location("hdfs", "", "/data/lake")
-    assert storage._parse("file:/tmp/x").fs_path == storage._parse("file:///tmp/x").fs_path == "/tmp/x"
+    assert storage._parse("file:/data/x").fs_path == storage._parse("file:///data/x").fs_path == "/data/x"
     fs, path = storage.filesystem("s3a://bucket/lake/cutouts")  # building the client needs no network
     assert isinstance(fs, pafs.S3FileSystem) and path == "bucket/lake/cutouts"
     fs, path = storage.filesystem("gs://bucket/lake")
@@ -53,7 +53,7 @@ def test_uris_map_onto_pyarrow_file_systems():
     with pytest.raises(StorageError, match="needs a bucket"):
         storage.filesystem("s3a:///lake")
     with pytest.raises(StorageError, match="not host"):
-        storage.filesystem("file://otherhost/tmp/x")
+        storage.filesystem("file://otherhost/data/x")
 
 
 def test_spark_uri_names_the_same_place_for_spark(tmp_path, monkeypatch):
