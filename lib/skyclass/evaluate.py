@@ -660,8 +660,8 @@ def _notes(conf, packages, test_rows: int, table_stats: Mapping) -> list[str]:
                      "(downloaded before sources were recorded): image results are not labelled SIMULATED but may "
                      "be. Re-download those cutouts to know.")
     if sources:
-        notes.append("Cutout sources of the training table: " + ", ".join(f"{s} {n}" for s, n in sorted(sources.items()))
-                     + ".")
+        notes.append("Cutout sources of the training table: "
+                     + ", ".join(f"{s} {n}" for s, n in sorted(sources.items())) + ".")
     salts = {(p.metadata.get("config") or {}).get("split", {}).get("salt") for _, p in packages}
     salts.discard(None)
     if salts and salts != {conf.split.salt}:

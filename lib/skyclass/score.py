@@ -57,9 +57,10 @@ _EMPTY_DTYPES = {"objid": "int64", "predicted_class": "object", "p_galaxy": "flo
                  "p_qso": "float32", "model_version": "object", "model_fingerprint": "object", "status": "object"}
 
 # Per Python worker: (package path, fingerprint) -> (main model, tabular model). The fingerprint, not the version:
-# a package retrained under the same version at the same path must not be served from the old weights. Module-level on purpose: Spark reuses
-# Python workers across tasks (spark.python.worker.reuse), and the mapInPandas function is a module-level function
-# pickled by reference, so every task a worker runs finds the models already loaded.
+# a package retrained under the same version at the same path must not be served from the old weights.
+# Module-level on purpose: Spark reuses Python workers across tasks (spark.python.worker.reuse), and the
+# mapInPandas function is a module-level function pickled by reference, so every task a worker runs finds the
+# models already loaded.
 _MODEL_CACHE: dict[tuple[str, str], tuple[object, object]] = {}
 
 
