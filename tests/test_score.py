@@ -12,8 +12,9 @@ from PIL import Image
 
 from skyclass import lake
 from skyclass.config import CLASSES, load_config
+from skyclass.inference import InferenceError, KerasModel, WorkerModels
 from skyclass.score import (STATUS_BAD_PHOTOMETRY, STATUS_NO_CUTOUT, STATUS_OK, ScoreError, ScoringSpec,
-                            _score_batches, resolve_run_date, score_catalog, score_frame)
+                            resolve_run_date, score_catalog, score_frame)
 
 FEATURES = lake.PHOTOMETRIC_FEATURES
 # Hand-picked statistics (not computed from the data) so expected z-scores are easy to check.
@@ -88,6 +89,10 @@ def _models(path):
     return package.load_model(), package.load_tabular_model()
 
 
+def _keras(main, tabular):
+    return WorkerModels(KerasModel(main), KerasModel(tabular), "keras")
+
+
 def _predict(model, **inputs):
     return model.predict({k: v for k, v in inputs.items() if k in model.input_names}, verbose=0)
 
@@ -101,7 +106,7 @@ def test_score_frame_matches_independent_computation(packages):
         "jpeg": [good, None, _jpeg(2), good[:100]],  # ok, missing, ok (bad photometry), truncated
     })
     main, tabular = _models(packages["v1"])
-    got = score_frame(frame, _spec(packages["v1"]), main, tabular)
+    got = score_frame(frame, _spec(packages["v1"]), _keras(main, tabular))
 
     assert list(got.columns) == lake.PREDICTIONS.names
     assert got["objid"].tolist() == [11, 12, 13, 14]
@@ -127,31 +132,10 @@ def test_tabular_package_ignores_images(packages):
     frame = pd.DataFrame({"objid": np.array([1, 2], np.int64), "u": [19.0, 19.5], "g": [18.0, 18.1],
                           "r": [17.5, 17.2], "i": [17.3, 17.0], "z": [17.1, np.nan]})
     main, tabular = _models(packages["tab"])
-    got = score_frame(frame, _spec(packages["tab"]), main, tabular)
+    got = score_frame(frame, _spec(packages["tab"]), _keras(main, tabular))
     assert got["status"].tolist() == [STATUS_OK, STATUS_BAD_PHOTOMETRY]
     np.testing.assert_allclose(got[["p_galaxy", "p_star", "p_qso"]].to_numpy(),
                                _predict(main, features=hand_features(frame)), atol=1e-5)
-
-
-class _Counter:
-    def __init__(self):
-        self.value = 0
-
-    def add(self, n):
-        self.value += n
-
-
-def test_models_load_once_per_worker_not_per_batch(packages):
-    from skyclass import score
-
-    score._MODEL_CACHE.clear()
-    frame = pd.DataFrame({"objid": np.arange(5, dtype=np.int64), **{m: np.full(5, 18.0) for m in lake.MAGNITUDES},
-                          "jpeg": [_jpeg(k) for k in range(5)]})
-    loads = _Counter()
-    spec = _spec(packages["v1"])
-    out = list(_score_batches(iter([frame, frame, frame]), spec, loads))
-    out += list(_score_batches(iter([frame]), spec, loads))  # a second task on the same worker
-    assert len(out) == 4 and loads.value == 1
 
 
 @pytest.mark.parametrize("text", ["2024-13-01", "20240101", "yesterday", "2024-1-5"])
@@ -364,7 +348,7 @@ def test_paper_package_scores_rows_with_the_redshift_encodings_computed_here(tmp
                           "r": [17.5, 19.0, 16.5], "i": [17.25, 18.8, 16.25], "z": [17.0, 18.7, 16.0],
                           "redshift": [0.0, 0.001, 2.5]})
     main, tabular = _models(path)
-    got = score_frame(frame, _spec(path), main, tabular)
+    got = score_frame(frame, _spec(path), _keras(main, tabular))
     # By hand, in PAPER_FEATURES order: magnitudes, colours, redshift, asinh(z / 0.001), z == 0.
     mags = frame[list(lake.MAGNITUDES)].to_numpy()
     colours = mags[:, :-1] - mags[:, 1:]
@@ -384,7 +368,7 @@ def test_an_empty_batch_gives_an_empty_frame(packages):
     main, tabular = _models(packages["v1"])
     empty = pd.DataFrame({"objid": np.array([], np.int64), **{m: np.array([], float) for m in lake.MAGNITUDES},
                           "jpeg": pd.Series([], dtype=object)})
-    got = score_frame(empty, _spec(packages["v1"]), main, tabular)
+    got = score_frame(empty, _spec(packages["v1"]), _keras(main, tabular))
     assert list(got.columns) == lake.PREDICTIONS.names and len(got) == 0
     assert got["objid"].dtype == np.int64 and got["p_galaxy"].dtype == np.float32
 
@@ -451,11 +435,11 @@ def test_nights_scored_before_fingerprints_are_rescored_and_logged(spark, lake_r
 
 
 def test_a_worker_refuses_a_package_replaced_after_the_run_was_planned(packages, tmp_path):
-    from skyclass import score
+    from skyclass import inference
 
     path = make_package(tmp_path / "models", "moving", "tabular", seed=8)
     spec = _spec(path)
     make_package(tmp_path / "models", "moving", "tabular", seed=9)  # retrained in place meanwhile
-    score._MODEL_CACHE.clear()
-    with pytest.raises(ScoreError, match="changed while scoring"):
-        score.worker_models(spec)
+    inference._WORKER_MODELS.clear()
+    with pytest.raises(InferenceError, match="changed while scoring"):
+        inference.worker_models(spec)

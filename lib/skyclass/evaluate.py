@@ -8,8 +8,9 @@ What is evaluated
     ``evaluate.baselines`` on every feature set of ``evaluate.feature_sets``.
 
 How networks are scored
-    Per Arrow batch in Spark executors (``mapInPandas``), with each package's models loaded once per Python worker,
-    like ``skyclass score``: the test split never has to fit on the driver. Rows of an image/multimodal package
+    Per Arrow batch in Spark executors (``mapInPandas``) through :mod:`skyclass.inference`, the path and runtime
+    (``score.inference``) ``skyclass score`` uses, each package's models loaded once per Python worker: the report
+    measures what scoring produces, and the test split never has to fit on the driver. Rows of an image/multimodal package
     without a usable cutout are scored by the package's tabular model (the scoring job's rule) and counted.
 
 How metrics are computed
@@ -49,7 +50,7 @@ from skyclass import lake, storage
 from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics, write_predictions
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
-from skyclass.features import decode_jpegs, feature_names, standardise
+from skyclass.features import feature_names
 from skyclass.input_pipeline import dataset_url
 from skyclass.metrics import mcnemar_exact_p
 
@@ -98,7 +99,8 @@ def evaluate(spark, conf) -> EvaluationResult:
     ----------
     spark : pyspark.sql.SparkSession
     conf : skyclass.config.Config
-        Uses ``evaluate`` (model, baselines, feature_sets, output), ``lake`` and ``score.batch_rows``.
+        Uses ``evaluate`` (model, baselines, feature_sets, output), ``lake``, ``score.batch_rows`` and
+        ``score.inference``.
 
     Returns
     -------
@@ -140,7 +142,8 @@ def evaluate(spark, conf) -> EvaluationResult:
             _check_classes(package, path, class_names)
             simulated = simulated_result(table_stats, package.mode, package.metadata)
             entry = evaluate_package(spark, path, package, test_df, class_names, batch_rows=conf.score.batch_rows,
-                                     simulated=simulated, out_dir=out_dir, figures=figures)
+                                     simulated=simulated, out_dir=out_dir, figures=figures,
+                                     inference=conf.score.inference)
             entry["headline"] = path == headline_path
             results.append(entry)
             log.info("evaluated package %s (%s, %s): accuracy %.4f", package.version, package.mode,
@@ -282,7 +285,7 @@ def other_packages(models_dir: str, headline) -> list:
 
 
 def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[str], *, batch_rows: int,
-                     simulated: bool, out_dir: str, figures: list) -> dict:
+                     simulated: bool, out_dir: str, figures: list, inference: str = "keras") -> dict:
     """Score the test split with one package, compute its metrics in Spark and draw its figures.
 
     Parameters
@@ -302,6 +305,8 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
         Report folder for the PNGs.
     figures : list
         Figure entries (``file``, ``caption``, ``simulated``) are appended to it.
+    inference : str
+        ``score.inference``, as scoring uses it.
 
     Returns
     -------
@@ -314,7 +319,7 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
     title = MODE_TITLES.get(package.mode, package.mode)
     label = f"{title} {package.version} [{package.feature_set}]" + (" — SIMULATED cutouts" if simulated else "")
     started = time.monotonic()
-    scored = score_test_split(test_df, path, package, batch_rows=batch_rows).cache()
+    scored = score_test_split(test_df, path, package, batch_rows=batch_rows, inference=inference).cache()
     try:
         metrics = scored_metrics(scored, "scores", class_names)
         by_magnitude = accuracy_by_magnitude(scored)
@@ -363,7 +368,7 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
     return entry
 
 
-def score_test_split(test_df, path: str, package, *, batch_rows: int):
+def score_test_split(test_df, path: str, package, *, batch_rows: int, inference: str = "keras"):
     """Spark DataFrame of ``objid, label, prediction, scores (array of class probabilities), cutout_used, r`` for
     every test row, scored per Arrow batch by the package's models.
 
@@ -375,6 +380,9 @@ def score_test_split(test_df, path: str, package, *, batch_rows: int):
         Package folder, loaded once per Python worker.
     package : skyclass.package.ModelPackage
     batch_rows : int
+    inference : str
+        ``score.inference`` (``auto``, ``keras`` or ``tflite``): the runtime scoring uses, so the report measures
+        what scoring produces.
 
     Returns
     -------
@@ -394,7 +402,10 @@ def score_test_split(test_df, path: str, package, *, batch_rows: int):
     # r travels along for the accuracy-by-magnitude table, whether or not the package uses it.
     if "r" in test_df.columns and "r" not in columns:
         columns.append("r")
-    return test_df.select(*columns).mapInPandas(_PackageScorer(path, batch_rows), SCORED_SCHEMA)
+    from skyclass.inference import InferenceSpec, resolve_backend
+
+    spec = InferenceSpec.from_package(package, path, resolve_backend(inference, package, path))
+    return test_df.select(*columns).mapInPandas(_PackageScorer(spec, batch_rows), SCORED_SCHEMA)
 
 
 def _predictions_url(out_dir: str, key: str) -> str:
@@ -468,52 +479,40 @@ def accuracy_by_magnitude(scored, edges: Sequence[float] = R_MAG_EDGES) -> list[
 
 
 class _PackageScorer:
-    """The mapInPandas function: picklable (only a path travels), the models load on first use in each worker."""
+    """The mapInPandas function: picklable (only the spec travels); the models come from the worker cache of
+    :mod:`skyclass.inference`, the same path and runtime as ``skyclass score``."""
 
-    def __init__(self, path: str, batch_rows: int):
-        self.path = path
+    def __init__(self, spec, batch_rows: int):
+        self.spec = spec
         self.batch_rows = batch_rows
 
     def __call__(self, frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        package, main_model, tabular_model = _load_models(self.path)
+        from skyclass.inference import predict_batch, worker_models
+
+        models = worker_models(self.spec)
         for frame in frames:
             for start in range(0, len(frame), self.batch_rows):
                 chunk = frame.iloc[start:start + self.batch_rows]
-                proba, cutout_used = predict_proba(package, main_model, tabular_model, chunk)
+                batch = predict_batch(chunk, self.spec, models)
                 yield pd.DataFrame({
                     "objid": chunk["objid"].to_numpy(dtype=np.int64),
                     "label": chunk["label"].to_numpy(dtype=np.int32),
-                    "prediction": proba.argmax(axis=1).astype(np.int32),
-                    "scores": list(proba.astype(np.float64)),
-                    "cutout_used": cutout_used,
+                    "prediction": batch.proba.argmax(axis=1).astype(np.int32),
+                    "scores": list(batch.proba.astype(np.float64)),
+                    "cutout_used": batch.cutout_used,
                     "r": (pd.to_numeric(chunk["r"], errors="coerce").to_numpy(dtype=np.float64)
                           if "r" in chunk.columns else np.full(len(chunk), np.nan)),
                 })
 
 
-_LOADED_MODELS: dict[str, tuple] = {}
-
-
-def _load_models(path: str) -> tuple:
-    # Python workers are reused between tasks: keep the models of the package, not one load per partition.
-    if path not in _LOADED_MODELS:
-        from skyclass.package import ModelPackage
-
-        package = ModelPackage.load(path)
-        main_model = package.load_model()
-        tabular_model = main_model if package.mode == "tabular" else package.load_tabular_model()
-        _LOADED_MODELS.clear()
-        _LOADED_MODELS[path] = (package, main_model, tabular_model)
-    return _LOADED_MODELS[path]
-
-
 def predict_proba(package, main_model, tabular_model, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities of a pandas batch of training-table rows.
+    """Class probabilities of a pandas batch of training-table rows, with Keras models already in memory, through
+    :func:`skyclass.inference.predict_batch` (the path scoring uses).
 
     Parameters
     ----------
     package : skyclass.package.ModelPackage
-        Gives mode, features, normalisation and image size.
+        Gives mode, features, classes, normalisation and image size.
     main_model, tabular_model : tf.keras.Model
         The package's models; rows without a decodable cutout go to ``tabular_model`` in image/multimodal mode.
     frame : pandas.DataFrame
@@ -526,23 +525,13 @@ def predict_proba(package, main_model, tabular_model, frame: pd.DataFrame) -> tu
     cutout_used : numpy.ndarray
         Boolean per row: the main model saw a cutout (always False in tabular mode).
     """
-    features = standardise(frame, package.features, package.normalisation)
-    n = len(frame)
-    if package.mode == "tabular":
-        return _call(main_model, {"features": features}), np.zeros(n, dtype=bool)
-    images, ok = decode_jpegs(list(frame["jpeg"]), package.image_size_px)
-    proba = np.zeros((n, len(package.classes)), dtype=np.float32)
-    if ok.any():
-        proba[ok] = _call(main_model, {"features": features[ok], "image": images[ok]})
-    if (~ok).any():
-        proba[~ok] = _call(tabular_model, {"features": features[~ok]})
-    return proba, ok
+    from skyclass.inference import InferenceSpec, KerasModel, WorkerModels, predict_batch
 
-
-def _call(model, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    wanted = {name: value for name, value in inputs.items() if name in model.input_names}
-    # A direct call, not model.predict: predict builds a tf.data pipeline per call, costly for small batches.
-    return np.asarray(model(wanted, training=False), dtype=np.float32)
+    spec = InferenceSpec(package_path="", version="", fingerprint="", mode=package.mode,
+                         features=tuple(package.features), classes=tuple(package.classes),
+                         normalisation=package.normalisation, image_size_px=int(package.image_size_px or 0))
+    batch = predict_batch(frame, spec, WorkerModels(KerasModel(main_model), KerasModel(tabular_model), "keras"))
+    return batch.proba, batch.cutout_used
 
 
 def best_baseline_comparisons(results: Sequence[Mapping]) -> list[dict]:

@@ -21,7 +21,9 @@ Status of a prediction (``lake.PREDICTIONS.status``), first match wins:
 
 Nights are incremental: objects already scored by the same model package -- the same *fingerprint*
 (:func:`skyclass.package.package_fingerprint`), not merely the same version name -- in ANY ``run_date`` partition
-are skipped (a left anti-join), unless ``score.rescore``. A package retrained under the same version has a new
+are skipped (a left anti-join, run once: its narrow result is cached for the count, the scoring and the rows
+kept), unless ``score.rescore``. A catalog or cutouts table that repeats an objid is reduced to one row per object
+before the model (:func:`one_row_per_object`), so nothing is classified twice and nothing is shuffled after it. A package retrained under the same version has a new
 fingerprint, so every object is scored again; rows of nights scored before fingerprints existed (no
 ``model_fingerprint``) match no package and are rescored too. The night's partition is rewritten whole in a staging
 folder and swapped in, so rerunning a night replaces it atomically and holds each object once; other nights'
@@ -42,6 +44,7 @@ import pandas as pd
 
 from skyclass import lake, storage
 from skyclass.config import CLASSES
+from skyclass.inference import InferenceSpec, WorkerModels, predict_batch, resolve_backend, worker_models
 from skyclass.errors import SkyclassError
 from skyclass.features import source_columns
 
@@ -56,43 +59,12 @@ _ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _EMPTY_DTYPES = {"objid": "int64", "predicted_class": "object", "p_galaxy": "float32", "p_star": "float32",
                  "p_qso": "float32", "model_version": "object", "model_fingerprint": "object", "status": "object"}
 
-# Per Python worker: (package path, fingerprint) -> (main model, tabular model). The fingerprint, not the version:
-# a package retrained under the same version at the same path must not be served from the old weights.
-# Module-level on purpose: Spark reuses Python workers across tasks (spark.python.worker.reuse), and the
-# mapInPandas function is a module-level function pickled by reference, so every task a worker runs finds the
-# models already loaded.
-_MODEL_CACHE: dict[tuple[str, str], tuple[object, object]] = {}
-
-
 class ScoreError(SkyclassError):
     """Scoring cannot start: no catalog, a package that does not fit the catalog, a bad run date."""
 
 
-@dataclass(frozen=True)
-class ScoringSpec:
-    """What a worker needs to score batches: small, picklable, read once from the package on the driver."""
-
-    package_path: str
-    version: str
-    fingerprint: str
-    mode: str
-    features: tuple[str, ...]
-    classes: tuple[str, ...]
-    normalisation: Mapping[str, Mapping[str, float]]
-    image_size_px: int
-
-    @property
-    def needs_images(self) -> bool:
-        return self.mode in ("image", "multimodal")
-
-    @classmethod
-    def from_package(cls, package, package_path: str) -> "ScoringSpec":
-        """Spec of a loaded :class:`skyclass.package.ModelPackage`."""
-        return cls(package_path=str(package_path), version=str(package.version),
-                   fingerprint=str(package.fingerprint), mode=str(package.mode),
-                   features=tuple(package.features), classes=tuple(package.classes),
-                   normalisation={k: dict(v) for k, v in package.normalisation.items()},
-                   image_size_px=int(package.metadata.get("image_size_px") or 0))
+# What a worker needs to score batches: the package's inference spec (skyclass.inference), read once on the driver.
+ScoringSpec = InferenceSpec
 
 
 @dataclass(frozen=True)
@@ -113,6 +85,7 @@ class ScoreResult:
     model_loads: int = 0  # model loads in Python workers (one per worker, not per batch)
     seconds: float = 0.0
     model_fingerprint: str = ""
+    inference: str = "keras"  # score.inference as resolved for the package (auto: each worker picks)
 
     @property
     def objects_per_s(self) -> float:
@@ -124,7 +97,8 @@ class ScoreResult:
         return (f"{what} {self.n_scored:,} of {self.n_catalog:,} objects of {self.catalog} with model "
                 f"{self.model_version} [{self.model_fingerprint[:19]}] ({self.n_skipped:,} already scored by it, "
                 f"skipped) in {self.seconds:.1f} s "
-                f"({self.objects_per_s:,.0f} objects/s, {self.model_loads} worker model loads); "
+                f"({self.objects_per_s:,.0f} objects/s, {self.inference} inference, {self.model_loads} worker model "
+                f"loads); "
                 f"{self.path}: {self.n_night_rows:,} rows ({statuses})")
 
 
@@ -148,14 +122,7 @@ def clean_photometry(frame: pd.DataFrame) -> pd.DataFrame:
     return add_redshift_encodings_pandas(out) if "redshift" in out.columns else out
 
 
-def _predict(model, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    # Only the inputs the model declares: a tabular model given an image would reject the dict.
-    wanted = {name: inputs[name] for name in model.input_names}
-    # predict_on_batch runs the compiled predict function once, without model.predict's per-call tf.data setup.
-    return np.asarray(model.predict_on_batch(wanted), dtype=np.float32)
-
-
-def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_model) -> pd.DataFrame:
+def score_frame(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels) -> pd.DataFrame:
     """Classify one batch: catalog rows (objid, magnitudes, optional ``jpeg``) → rows of ``lake.PREDICTIONS``.
 
     Parameters
@@ -163,36 +130,27 @@ def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_mode
     frame : pandas.DataFrame
         ``objid``, the magnitudes ``u..z`` (plus ``redshift`` if the package uses it) and, for image packages,
         ``jpeg`` (bytes or None).
-    spec : ScoringSpec
-    main_model, tabular_model
-        Keras models taking ``{"features": (n, F) float32, "image": (n, S, S, 3) float32 in [0, 1]}``.
+    spec : InferenceSpec
+    models : skyclass.inference.WorkerModels
+        From :func:`skyclass.inference.worker_models`.
 
     Returns
     -------
     pandas.DataFrame
         One row per input row, in input order, with the columns of ``lake.PREDICTIONS``.
     """
-    from skyclass.features import decode_jpegs, photometry_ok_pandas, standardise
+    from skyclass.features import photometry_ok_pandas
 
     n = len(frame)
     if n == 0:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})[lake.PREDICTIONS.names]
     photometry_ok = photometry_ok_pandas(frame)
-    x = standardise(clean_photometry(frame.drop(columns="jpeg", errors="ignore")), spec.features,
-                    spec.normalisation)
-    proba = np.zeros((n, len(spec.classes)), dtype=np.float32)
-    if spec.needs_images:
-        blobs = frame["jpeg"].tolist() if "jpeg" in frame.columns else [None] * n
-        images, image_ok = decode_jpegs(blobs, spec.image_size_px)
-        if image_ok.all():
-            proba[:] = _predict(main_model, {"features": x, "image": images})
-        elif image_ok.any():
-            proba[image_ok] = _predict(main_model, {"features": x[image_ok], "image": images[image_ok]})
-        if not image_ok.all():
-            proba[~image_ok] = _predict(tabular_model, {"features": x[~image_ok]})
-    else:
-        image_ok = np.ones(n, dtype=bool)
-        proba[:] = _predict(main_model, {"features": x})
+    features = clean_photometry(frame.drop(columns="jpeg", errors="ignore"))
+    if "jpeg" in frame.columns:
+        features["jpeg"] = frame["jpeg"].to_numpy()
+    batch = predict_batch(features, spec, models)
+    proba = batch.proba
+    image_ok = batch.cutout_used if spec.needs_images else np.ones(n, dtype=bool)
     status = np.where(~photometry_ok, STATUS_BAD_PHOTOMETRY, np.where(image_ok, STATUS_OK, STATUS_NO_CUTOUT))
     classes = np.asarray(spec.classes, dtype=object)
     out = pd.DataFrame({
@@ -207,65 +165,11 @@ def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_mode
     return out[lake.PREDICTIONS.names]
 
 
-def worker_models(spec: ScoringSpec, loads=None) -> tuple[object, object]:
-    """The (main, tabular) models of a package, loaded on first use in this process and cached after.
-
-    ``loads`` (a Spark accumulator, optional) counts actual loads so the driver can report them.
-    """
-    key = (spec.package_path, spec.fingerprint)
-    cached = _MODEL_CACHE.get(key)
-    if cached is not None:
-        return cached
-    import tensorflow as tf
-
-    from skyclass.package import ModelPackage
-
-    _configure_tensorflow(tf)
-    began = time.monotonic()
-    package = ModelPackage.load(spec.package_path)
-    if package.fingerprint != spec.fingerprint:
-        # Replaced (e.g. retrained under the same version) after the driver planned this run: scoring on would
-        # label rows with a fingerprint their probabilities did not come from.
-        raise ScoreError(f"model package {spec.package_path} changed while scoring: the run was planned with "
-                         f"fingerprint {spec.fingerprint}, the folder now holds {package.fingerprint}; run the "
-                         "scoring job again")
-    main_model = package.load_model()
-    tabular_model = package.load_tabular_model() if spec.needs_images else main_model
-    _MODEL_CACHE.clear()  # one package per worker at a time: a new version replaces the old one's memory
-    _MODEL_CACHE[key] = (main_model, tabular_model)
-    if loads is not None:
-        loads.add(1)
-    log.info("worker loaded model %s from %s in %.1f s", spec.version, spec.package_path, time.monotonic() - began)
-    return main_model, tabular_model
-
-
-def _configure_tensorflow(tf) -> None:
-    """Fit TensorFlow to the task slot before it starts (settings are fixed once TF has run an op)."""
-    try:
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-        cpus = context.cpus() if context is not None else None
-    except Exception:  # outside a Spark task (tests, notebooks): keep TensorFlow's defaults
-        cpus = None
-    try:
-        if cpus:
-            # Spark runs one Python worker per task slot: each worker's TensorFlow gets the slot's cores, not the
-            # whole machine's, or the workers' thread pools spin against each other.
-            tf.config.threading.set_intra_op_parallelism_threads(cpus)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        # On GPU executors each Python worker would otherwise reserve all GPU memory and starve its neighbours.
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:  # TensorFlow already initialised in this process: nothing left to configure
-        pass
-
-
-def _score_batches(batches: Iterator[pd.DataFrame], spec: ScoringSpec, loads=None) -> Iterator[pd.DataFrame]:
-    # The mapInPandas function: runs in Python workers; module-level so the model cache above is shared by tasks.
-    main_model, tabular_model = worker_models(spec, loads)
+def _score_batches(batches: Iterator[pd.DataFrame], spec: InferenceSpec, loads=None) -> Iterator[pd.DataFrame]:
+    # The mapInPandas function: runs in Python workers; the models come from skyclass.inference's worker cache.
+    models = worker_models(spec, loads)
     for frame in batches:
-        yield score_frame(frame, spec, main_model, tabular_model)
+        yield score_frame(frame, spec, models)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -370,6 +274,7 @@ def score_catalog(spark, conf) -> ScoreResult:
     SkyclassError
         No model package exists (from ``latest_package``: run ``skyclass train``).
     """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     began = time.monotonic()
@@ -377,7 +282,9 @@ def score_catalog(spark, conf) -> ScoreResult:
     package_path = resolve_package_path(conf)
     from skyclass.package import ModelPackage
 
-    spec = ScoringSpec.from_package(ModelPackage.load(package_path), package_path)
+    package = ModelPackage.load(package_path)
+    spec = InferenceSpec.from_package(package, package_path,
+                                      resolve_backend(conf.score.inference, package, package_path))
     _check_spec(spec)
     catalog_path = conf.lake.table(conf.score.catalog)
     if not storage.table_exists(catalog_path):
@@ -399,67 +306,92 @@ def score_catalog(spark, conf) -> ScoreResult:
         done = previous.filter(F.col("model_fingerprint") == spec.fingerprint).select("objid")
         objects = objects.join(done, "objid", "left_anti")
         _log_rows_without_fingerprint(previous, spec)
-    n_catalog = catalog.count()
-    n_to_score = objects.count()
-    night_path = f"{predictions_root.rstrip('/')}/{_night_dirname(run_date)}"
-    if n_to_score == 0:
-        # Nothing new: the night's partition (if any) already holds what a rewrite would produce.
-        log.info("all %d objects of %s are already scored by model %s (fingerprint %s); nothing to do", n_catalog,
-                 conf.score.catalog, spec.version, spec.fingerprint)
-        have_night = storage.table_exists(night_path)
-        counts = _status_counts(spark, night_path) if have_night else {}
-        return ScoreResult(run_date=run_date, model_version=spec.version, package_path=package_path,
-                           catalog=conf.score.catalog, path=night_path, n_catalog=n_catalog, n_scored=0,
-                           n_skipped=n_catalog, n_night_rows=sum(counts.values()), status_counts=counts,
-                           rescore=conf.score.rescore, seconds=time.monotonic() - began,
-                           model_fingerprint=spec.fingerprint)
-
-    to_score = objects
-    if spec.needs_images:
-        cutouts_path = conf.lake.table("cutouts")
-        if storage.table_exists(cutouts_path):
-            to_score = objects.join(spark.read.parquet(storage.spark_uri(cutouts_path)).select("objid", "jpeg"),
-                                    "objid", "left")
-        else:
-            log.warning("no cutouts table at %s: every object is scored by the tabular fallback (no_cutout)",
-                        cutouts_path)
-            to_score = objects.withColumn("jpeg", F.lit(None).cast("binary"))
-
-    loads = spark.sparkContext.accumulator(0)
-    scored = to_score.mapInPandas(functools.partial(_score_batches, spec=spec, loads=loads),
-                                  lake.PREDICTIONS.spark_schema())
-    # One row per object even if the catalog or the cutouts table repeats an objid: the best status wins.
-    rank = F.when(F.col("status") == STATUS_OK, 0).when(F.col("status") == STATUS_NO_CUTOUT, 1).otherwise(2)
-    names = lake.PREDICTIONS.names
-    scored = (scored.withColumn("_rank", rank).groupBy("objid")
-              .agg(F.min_by(F.struct(*names), F.col("_rank")).alias("p")).select("p.*"))
-    night = scored
-    if storage.table_exists(night_path):
-        # Rows of an earlier run of this night for objects not scored now stay; the rest are replaced.
-        kept = (spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(storage.spark_uri(night_path))
-                .join(objects.select("objid"), "objid", "left_anti").select(*names))
-        night = scored.unionByName(kept)
-
-    previous_batch = spark.conf.get(_ARROW_BATCH_KEY, None)
-    spark.conf.set(_ARROW_BATCH_KEY, str(conf.score.batch_rows))
+    # The anti-join against every night's predictions runs once: the narrow rows to score (objid and magnitudes,
+    # no images) are cached, and the count below, the scoring job and the night's kept rows all read them.
+    objects = objects.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        log.info("scoring %d of %d objects of %s with model %s (%s, fingerprint %s) into %s", n_to_score, n_catalog,
-                 conf.score.catalog, spec.version, spec.mode, spec.fingerprint, night_path)
-        replace_partition(spark, predictions_root, run_date, lambda staging: night.write.parquet(staging))
+        n_catalog = catalog.count()
+        n_to_score = objects.select("objid").distinct().count()
+        night_path = f"{predictions_root.rstrip('/')}/{_night_dirname(run_date)}"
+        if n_to_score == 0:
+            # Nothing new: the night's partition (if any) already holds what a rewrite would produce.
+            log.info("all %d objects of %s are already scored by model %s (fingerprint %s); nothing to do",
+                     n_catalog, conf.score.catalog, spec.version, spec.fingerprint)
+            have_night = storage.table_exists(night_path)
+            counts = _status_counts(spark, night_path) if have_night else {}
+            return ScoreResult(run_date=run_date, model_version=spec.version, package_path=package_path,
+                               catalog=conf.score.catalog, path=night_path, n_catalog=n_catalog, n_scored=0,
+                               n_skipped=n_catalog, n_night_rows=sum(counts.values()), status_counts=counts,
+                               rescore=conf.score.rescore, seconds=time.monotonic() - began,
+                               model_fingerprint=spec.fingerprint, inference=spec.backend)
+
+        to_score = objects
+        if spec.needs_images:
+            cutouts_path = conf.lake.table("cutouts")
+            if storage.table_exists(cutouts_path):
+                to_score = objects.join(
+                    spark.read.parquet(storage.spark_uri(cutouts_path)).select("objid", "jpeg"), "objid", "left")
+            else:
+                log.warning("no cutouts table at %s: every object is scored by the tabular fallback (no_cutout)",
+                            cutouts_path)
+                to_score = objects.withColumn("jpeg", F.lit(None).cast("binary"))
+        to_score = one_row_per_object(to_score)
+
+        loads = spark.sparkContext.accumulator(0)
+        night = to_score.mapInPandas(functools.partial(_score_batches, spec=spec, loads=loads),
+                                     lake.PREDICTIONS.spark_schema())
+        if storage.table_exists(night_path):
+            # Rows of an earlier run of this night for objects not scored now stay; the rest are replaced.
+            kept = (spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(storage.spark_uri(night_path))
+                    .join(objects.select("objid"), "objid", "left_anti").select(*lake.PREDICTIONS.names))
+            night = night.unionByName(kept)
+
+        previous_batch = spark.conf.get(_ARROW_BATCH_KEY, None)
+        spark.conf.set(_ARROW_BATCH_KEY, str(conf.score.batch_rows))
+        try:
+            log.info("scoring %d of %d objects of %s with model %s (%s, fingerprint %s, %s inference) into %s",
+                     n_to_score, n_catalog, conf.score.catalog, spec.version, spec.mode, spec.fingerprint,
+                     spec.backend, night_path)
+            replace_partition(spark, predictions_root, run_date, lambda staging: night.write.parquet(staging))
+        finally:
+            if previous_batch is None:
+                spark.conf.unset(_ARROW_BATCH_KEY)
+            else:
+                spark.conf.set(_ARROW_BATCH_KEY, previous_batch)
     finally:
-        if previous_batch is None:
-            spark.conf.unset(_ARROW_BATCH_KEY)
-        else:
-            spark.conf.set(_ARROW_BATCH_KEY, previous_batch)
+        objects.unpersist()
     counts = _status_counts(spark, night_path)
     result = ScoreResult(run_date=run_date, model_version=spec.version, package_path=package_path,
                          catalog=conf.score.catalog, path=night_path, n_catalog=n_catalog, n_scored=n_to_score,
                          n_skipped=n_catalog - n_to_score if not conf.score.rescore else 0,
                          n_night_rows=sum(counts.values()), status_counts=counts, rescore=conf.score.rescore,
                          model_loads=int(loads.value), seconds=time.monotonic() - began,
-                         model_fingerprint=spec.fingerprint)
+                         model_fingerprint=spec.fingerprint, inference=spec.backend)
     log.info("%s", result)
     return result
+
+
+def one_row_per_object(rows):
+    """Spark DataFrame → the same with one row per ``objid``, chosen before the model (so nothing is classified
+    twice and no shuffle follows the model): a row with usable photometry first, then one with a cutout, then
+    the longest cutout (a truncated copy is shorter), then by a hash of the row's values, so the choice is
+    deterministic.
+
+    After the sort-merge join of the catalog with the cutouts on ``objid`` the rows are already partitioned and
+    sorted by ``objid``, so this aggregation adds no shuffle or sort of the JPEG bytes there.
+    """
+    from pyspark.sql import functions as F
+
+    from skyclass.features import photometry_ok_column
+
+    has_jpeg = "jpeg" in rows.columns
+    jpeg_length = F.coalesce(F.length("jpeg"), F.lit(-1)) if has_jpeg else F.lit(0)
+    preference = F.struct((~photometry_ok_column()).cast("int").alias("bad_photometry"),
+                          (-jpeg_length).alias("shorter_cutout"),
+                          F.xxhash64(*[c for c in rows.columns if c != "objid"]).alias("tie"))
+    columns = [c for c in rows.columns if c != "objid"]
+    return (rows.groupBy("objid").agg(F.min_by(F.struct(*columns), preference).alias("_row"))
+            .select("objid", *(F.col(f"_row.{c}").alias(c) for c in columns)))
 
 
 def _log_rows_without_fingerprint(previous, spec: ScoringSpec) -> None:
