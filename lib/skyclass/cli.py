@@ -83,6 +83,19 @@ def _check_cluster(spark, conf, args):
     return description.to_json() if args.json else description
 
 
+def _package(conf, args):
+    from skyclass.inference import CpuModelError, add_cpu_models, validation_rows
+    from skyclass.package import ModelPackage
+
+    package = ModelPackage.load(args.add_cpu_model)
+    columns = [*package.features, *(["jpeg"] if package.mode != "tabular" else [])]
+    try:
+        fingerprint = add_cpu_models(args.add_cpu_model, validation_rows(conf.lake.path("root"), columns))
+    except CpuModelError as err:
+        raise CpuModelError(f"{err}. Package {args.add_cpu_model} is unchanged") from None
+    return f"added TensorFlow Lite forms to {args.add_cpu_model}; new fingerprint {fingerprint}"
+
+
 def _standin(args):
     from skyclass.standin.server import run_from_args
 
@@ -165,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="serve the SkyServer stand-in (SqlSearch, ImgCutout) on 127.0.0.1; "
                                    "its cutouts are SIMULATED images for tests and demos")
     _add_standin_arguments(p)
+    p = sub.add_parser("package", help="change a model package: --add-cpu-model writes its TensorFlow Lite forms",
+                       description="write a model package's TensorFlow Lite forms (model.tflite, tabular.tflite) "
+                                   "for CPU scoring, checked against Keras on the lake's validation split")
+    _add_common(p)
+    p.add_argument("--add-cpu-model", metavar="PACKAGE", required=True, help="model package folder")
     return parser
 
 
@@ -203,6 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"skyclass {args.command}: configuration error: {err}", file=sys.stderr)
         return 2
+    if args.command == "package":  # file work on the driver only: no Spark session
+        try:
+            print(_package(conf, args))
+        except SkyclassError as err:
+            print(f"skyclass {args.command}: {err}", file=sys.stderr)
+            return 1
+        return 0
     from skyclass.session import build_spark
 
     spark = build_spark(replace(conf.spark, app_name=f"{conf.spark.app_name}-{args.command}"))

@@ -246,10 +246,14 @@ class ScoreConfig:
     batch_rows: int = 1024  # rows per Arrow batch handed to the model
     rescore: bool = False
     run_date: Optional[str] = None  # YYYY-MM-DD; None = today (UTC)
+    # Model runtime in the Python workers: keras, tflite (the package's TensorFlow Lite form, XNNPACK CPU kernels)
+    # or auto (tflite when a worker sees no GPU and the package has the form, else keras); see skyclass.inference.
+    inference: str = "auto"
 
     def validate(self, where: str) -> None:
         _choice(self.catalog, ("catalog", "photometric"), f"{where}.catalog")
         _positive(self.batch_rows, f"{where}.batch_rows")
+        _choice(self.inference, ("auto", "keras", "tflite"), f"{where}.inference")
 
 
 @dataclass(frozen=True)

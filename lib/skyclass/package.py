@@ -44,6 +44,10 @@ CHECKPOINTS_SUFFIX = ".checkpoints"
 FINGERPRINT_KEY = "fingerprint"
 # What a fingerprint covers besides the metadata: the weights. curves.png is drawn from the metadata and left out.
 FINGERPRINTED_FILES = (MODEL_FILE, TABULAR_MODEL_FILE)
+# TensorFlow Lite forms of the two models (skyclass.inference.add_cpu_models), when the package has them; metadata's
+# CPU_MODEL_KEY lists them, and the fingerprint then covers them too.
+CPU_MODEL_FILES = {"main": "model.tflite", "tabular": "tabular.tflite"}
+CPU_MODEL_KEY = "cpu_model"
 # Changing how fingerprints are computed changes this tag, so old and new fingerprints can never be confused.
 _FINGERPRINT_SCHEME = b"skyclass-package-fingerprint-v1\n"
 _HASH_CHUNK_BYTES = 1 << 20
@@ -172,7 +176,7 @@ def package_fingerprint(path: str, metadata: Mapping) -> str:
         A weight file cannot be read.
     """
     digest = hashlib.sha256(_FINGERPRINT_SCHEME)
-    for name in FINGERPRINTED_FILES:
+    for name in (*FINGERPRINTED_FILES, *_cpu_model_files(metadata)):
         file_digest = hashlib.sha256()
         try:
             with open(os.path.join(path, name), "rb") as fh:
@@ -184,6 +188,60 @@ def package_fingerprint(path: str, metadata: Mapping) -> str:
     described = {k: v for k, v in metadata.items() if k != FINGERPRINT_KEY}
     digest.update(json.dumps(described, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("utf-8"))
     return f"sha256:{digest.hexdigest()}"
+
+
+def _cpu_model_files(metadata: Mapping) -> tuple[str, ...]:
+    # Sorted: the order of the hash must not depend on how metadata.json lists them. Packages without CPU forms
+    # hash exactly as before they existed.
+    files = (metadata.get(CPU_MODEL_KEY) or {}).get("files") or {}
+    return tuple(sorted(set(files.values())))
+
+
+def rewrite_package(path: str, files: Mapping[str, bytes], metadata_update: Mapping) -> str:
+    """Add files to an existing package and update its metadata, then refingerprint it; swapped in whole.
+
+    The package is copied to a staging folder beside it, changed there and renamed into place (the old one stays
+    whole until then), like :func:`write_package`.
+
+    Parameters
+    ----------
+    path : str
+        A complete package folder.
+    files : mapping of str to bytes
+        File name in the package -> content (replaced if present).
+    metadata_update : mapping
+        Keys set in ``metadata.json`` (``version`` and ``created_at`` stay).
+
+    Returns
+    -------
+    str
+        The package's new fingerprint.
+
+    Raises
+    ------
+    PackageError
+        ``path`` is not a complete package, or the new one could not be moved into place.
+    """
+    package = ModelPackage.load(path)
+    models_dir, version = os.path.split(os.path.abspath(path))
+    staging = os.path.join(models_dir, f"{STAGING_PREFIX}{version}-{uuid.uuid4().hex[:8]}")
+    shutil.copytree(path, staging)
+    try:
+        for name, blob in files.items():
+            with open(os.path.join(staging, name), "wb") as fh:
+                fh.write(blob)
+        meta = {k: v for k, v in package.metadata.items() if k != FINGERPRINT_KEY}
+        meta.update(metadata_update)
+        meta = json.loads(json.dumps(meta, default=_json_default))
+        meta[FINGERPRINT_KEY] = package_fingerprint(staging, meta)
+        with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=2)
+        _swap_into_place(staging, os.path.abspath(path), models_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("model package %s rewritten (fingerprint %s)", path, meta[FINGERPRINT_KEY])
+    return meta[FINGERPRINT_KEY]
 
 
 def _json_default(value):
@@ -371,6 +429,26 @@ class ModelPackage:
     def load_tabular_model(self, compile: bool = False):
         """The tabular model (``tabular.keras``), for objects without a usable cutout."""
         return _load_keras(os.path.join(self.path, TABULAR_MODEL_FILE), compile)
+
+    @property
+    def has_cpu_model(self) -> bool:
+        """The package carries TensorFlow Lite forms of its models (checked by the fingerprint on load)."""
+        return bool(_cpu_model_files(self.metadata))
+
+    def read_cpu_model(self, which: str) -> bytes:
+        """The TensorFlow Lite form of the ``main`` or ``tabular`` model, as bytes.
+
+        Raises
+        ------
+        PackageError
+            The package has no TensorFlow Lite form.
+        """
+        files = (self.metadata.get(CPU_MODEL_KEY) or {}).get("files") or {}
+        if which not in files:
+            raise PackageError(f"model package {self.path} has no TensorFlow Lite form of its {which} model; add "
+                               f"one with `skyclass package --add-cpu-model {self.path}`")
+        with open(os.path.join(self.path, files[which]), "rb") as fh:
+            return fh.read()
 
 
 def _load_keras(path: str, compile: bool):

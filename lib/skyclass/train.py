@@ -177,6 +177,11 @@ def train_model(spark, conf: Config) -> TrainResult:
     path = package.write_package(models_dir, version, model_keras=main["model_keras"],
                                  tabular_keras=tabular["model_keras"], metadata=metadata,
                                  simulated=metadata["simulated_images"] or metadata["simulated_catalog"])
+    # The TensorFlow Lite forms CPU executors score with (skyclass.inference); checked against Keras on the
+    # validation split, else logged and the package stays Keras-only.
+    from skyclass.inference import add_cpu_models_from_lake
+
+    add_cpu_models_from_lake(path, lake_root)
     result = TrainResult(
         path=path, version=version, mode=tc.mode,
         validation_loss=main["validation"]["loss"], validation_accuracy=main["validation"]["accuracy"],
