@@ -188,6 +188,74 @@ def _files(path):
                   if name.endswith(".parquet"))
 
 
+def _scored_with_load_log(spark, conf, log_dir):
+    """score_catalog with every Python worker writing a line per real model load to log_dir/loads-<pid>.txt."""
+    from skyclass.inference import LOAD_LOG_PROPERTY
+
+    os.makedirs(log_dir, exist_ok=True)
+    spark.sparkContext.setLocalProperty(LOAD_LOG_PROPERTY, str(log_dir))
+    try:
+        result = score_catalog(spark, conf)
+    finally:
+        spark.sparkContext.setLocalProperty(LOAD_LOG_PROPERTY, None)
+    return result, {name: open(os.path.join(log_dir, name)).read().splitlines()
+                    for name in sorted(os.listdir(log_dir))}
+
+
+def test_models_load_once_per_worker_not_per_batch(spark, lake_root, tmp_path):
+    # A package no worker of this test session has seen, so every load happens in this run.
+    path = make_package(tmp_path / "models", "once", seed=21)
+    result, loads = _scored_with_load_log(spark, _conf(lake_root, tmp_path, model=path, run_date="2024-07-01",
+                                                       inference="keras"), tmp_path / "loads")
+    # 600 objects in batches of 64 over the scoring stage's 4 tasks (spark.sql.shuffle.partitions here): at least
+    # ten batches, and more tasks than local[2] has Python workers.
+    assert result.n_scored == N_OBJECTS
+    assert 1 <= len(loads) <= 2, loads
+    assert all(len(lines) == 1 for lines in loads.values()), loads  # one load per worker process
+    assert result.model_loads == len(loads)
+    assert {line.split()[-1] for lines in loads.values() for line in lines} == {"keras"}
+
+
+def test_keras_and_tflite_give_the_same_labels_on_the_same_lake(spark, lake_root, tmp_path):
+    from skyclass.inference import add_cpu_models
+    from skyclass.score import clean_photometry
+
+    path = make_package(tmp_path / "models", "lite", seed=22)
+    # Checked on rows of the lake itself (its photometric table stands in for the validation split).
+    catalog = spark.read.parquet(os.path.join(lake_root, "photometric")).toPandas().iloc[:200]
+    cutouts = spark.read.parquet(os.path.join(lake_root, "cutouts")).select("objid", "jpeg").toPandas()
+    rows = clean_photometry(catalog).merge(cutouts, on="objid", how="left")
+    rows["jpeg"] = [blob if isinstance(blob, (bytes, bytearray)) else None for blob in rows["jpeg"]]
+    add_cpu_models(path, rows)
+    nights = {}
+    for backend in ("keras", "tflite"):
+        conf = load_config(None, [f"lake.root={lake_root}", f"lake.predictions={tmp_path / backend}",
+                                  "score.batch_rows=64", f"score.model={path}", "score.run_date=2024-08-01",
+                                  f"score.inference={backend}"])
+        result, loads = _scored_with_load_log(spark, conf, tmp_path / f"loads-{backend}")
+        assert result.n_scored == N_OBJECTS and result.inference == backend
+        assert {line.split()[-1] for lines in loads.values() for line in lines} == {backend}
+        nights[backend] = _night(spark, conf, "2024-08-01")[0].set_index("objid").sort_index()
+    keras, lite = nights["keras"], nights["tflite"]
+    assert list(keras.index) == list(lite.index) and len(keras) == N_OBJECTS
+    assert (keras["predicted_class"] == lite["predicted_class"]).all()
+    assert (keras["status"] == lite["status"]).all() and set(keras["status"]) >= {STATUS_OK, STATUS_NO_CUTOUT}
+    columns = ["p_galaxy", "p_star", "p_qso"]
+    np.testing.assert_allclose(lite[columns].to_numpy(), keras[columns].to_numpy(), atol=1e-5, rtol=0)
+
+
+def test_a_package_without_a_tflite_form_is_scored_with_keras_and_says_so_once(spark, lake_root, packages,
+                                                                               tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="skyclass"):
+        result = score_catalog(spark, _conf(lake_root, tmp_path, model=packages["v1"], run_date="2024-09-01",
+                                            inference="tflite"))
+    said = [r for r in caplog.records if "has no TensorFlow Lite form" in r.getMessage()]
+    assert len(said) == 1 and packages["v1"] in said[0].getMessage() and "--add-cpu-model" in said[0].getMessage()
+    assert result.inference == "keras" and result.n_scored == N_OBJECTS
+
+
 def test_nights_are_incremental_and_rescore_replaces_without_duplicates(spark, lake_root, expected_objects,
                                                                         packages, tmp_path):
     first = score_catalog(spark, _conf(lake_root, tmp_path, model=packages["v1"], run_date="2024-01-01"))
