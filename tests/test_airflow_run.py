@@ -8,7 +8,6 @@ scheduling, not the model.
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -17,12 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
 from airflow_env import DAG_ID, AirflowHome, ensure_airflow
+from schedule_run import pruning, summaries, write_conf
 from catalog_fixture import make_labelled, make_photometric
 from cluster_fixture import script_env, standalone_cluster  # noqa: F401 - the fixture
-from cluster_jobs import CONF, job_settings
 
 pytestmark = pytest.mark.slow
 
@@ -31,25 +29,6 @@ NIGHT_1, NIGHT_2 = "2026-03-01", "2026-03-02"
 SKYSERVER_TASKS = ("extract", "extract_photometric", "cutouts", "cutouts_photometric")
 ALL_TASKS = {"extract", "extract_photometric", "cutouts", "cutouts_photometric", "training_table",
              "train_if_needed", "score", "evaluate"}
-
-
-def write_conf(path: Path, tmp_path: Path, standin_url: str) -> Path:
-    """conf/standalone.yaml with the small-lake settings of the cluster tests (cluster_jobs.job_settings) and
-    one epoch: the DAG's jobs get their config from SKYCLASS_CONF only."""
-    conf = yaml.safe_load(CONF.read_text())
-    sets = job_settings(tmp_path, standin_url, **{"train.epochs": "1", "train.early_stopping_patience": "1",
-                                                  "train.reduce_lr_patience": "1"})
-    for item in sets[1::2]:
-        key, _, value = item.partition("=")
-        section, name = key.split(".")
-        conf.setdefault(section, {})[name] = yaml.safe_load(value)
-    path.write_text(yaml.safe_dump(conf))
-    return path
-
-
-def summaries(text: str) -> list[dict]:
-    """The JSON summary lines (skyclass.stage_summary) in a log, in order."""
-    return [json.loads(line[line.index("{"):]) for line in text.splitlines() if '"skyclass_summary"' in line]
 
 
 def task_sections(output: str) -> dict[str, str]:
@@ -95,15 +74,20 @@ def test_two_nights_with_a_failed_task_cleared_and_rerun(standalone_cluster, sta
     # Night 1, SkyServer down: the first task fails (no Airflow retry: SKYCLASS_SKYSERVER_RETRIES=0) and nothing
     # after it runs.
     server.faults = Faults(error_rate=1.0)
-    failed = home.run("dags", "test", DAG_ID, NIGHT_1, env=env, check=False)
-    output = failed.stdout + failed.stderr
+    with pruning(cluster):
+        failed = home.run("dags", "test", DAG_ID, NIGHT_1, env=env, check=False)
+    (tmp_path / "night1-failed.stdout").write_text(failed.stdout)
+    (tmp_path / "night1-failed.stderr").write_text(failed.stderr)
+    output = failed.stdout
     states = {t: i["state"] for t, i in home.task_instances(NIGHT_1).items()}
     assert states["extract"] == "failed", output[-5000:]
     assert {states[t] for t in ALL_TASKS - {"extract"}} == {"upstream_failed"}, states
     extract_log = task_sections(output)["extract"]
     # The job's own error, as skyclass printed it, is in the task's log, and its summary line says failed.
     assert "skyclass extract:" in extract_log and "SkyServer" in extract_log, extract_log[-5000:]
-    [line] = summaries(extract_log)
+    lines = summaries(extract_log)
+    assert len(lines) == 1, [x for x in extract_log.splitlines() if "skyclass_summary" in x]
+    [line] = lines
     assert line["stage"] == "extract" and line["status"] == "failed" and "SkyServer" in line["error"]
     assert not (tmp_path / "lake" / "catalog").exists()
     assert server.stats()["sqlsearch"]["requests"] > 0
@@ -116,8 +100,9 @@ def test_two_nights_with_a_failed_task_cleared_and_rerun(standalone_cluster, sta
     assert {i["state"] for i in home.task_instances(NIGHT_1).values()} == {None}
     run_id = home.run_id(NIGHT_1)
     order = home.dagbag(env)["dags"][DAG_ID]["topological"]
-    for task in order:
-        home.run("tasks", "run", DAG_ID, task, run_id, "--local", env=env)
+    with pruning(cluster):
+        for task in order:
+            home.run("tasks", "run", DAG_ID, task, run_id, "--local", env=env)
     night1 = home.task_instances(NIGHT_1)
     assert {t: i["state"] for t, i in night1.items()} == {t: "success" for t in ALL_TASKS}
     assert_no_overlap(night1)
@@ -143,12 +128,13 @@ def test_two_nights_with_a_failed_task_cleared_and_rerun(standalone_cluster, sta
     server2 = standin_factory(catalogs=[labelled, grown])
     write_conf(conf, tmp_path, server2.url)
     started = time.monotonic()
-    second = home.run("dags", "test", DAG_ID, NIGHT_2, env=env)
+    with pruning(cluster):
+        second = home.run("dags", "test", DAG_ID, NIGHT_2, env=env)
     night_2_s = time.monotonic() - started
     night2 = home.task_instances(NIGHT_2)
     assert {t: i["state"] for t, i in night2.items()} == {t: "success" for t in ALL_TASKS}, second.stdout[-5000:]
     assert_no_overlap(night2)
-    sections = task_sections(second.stdout + second.stderr)
+    sections = task_sections(second.stdout)
     assert "model package exists and retrain is false: not training" in sections["train_if_needed"]
     assert summaries(sections["train_if_needed"]) == []
     [scored] = summaries(sections["score"])
