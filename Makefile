@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
 	HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package
+.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package airflow
 
 setup: $(STAMP)
 
@@ -52,6 +52,11 @@ cluster-status:
 package: setup
 	deploy/package-venv.sh env
 	deploy/package-venv.sh code
+
+# Apache Airflow in its own environment (.venv-airflow) with a migrated SQLite AIRFLOW_HOME (.airflow-home), for
+# running deploy/airflow_dag.py; built once (the Airflow tests reuse it).
+airflow:
+	deploy/airflow-env.sh
 
 clean:
 	rm -rf lake models predictions reports bench-results spark-warehouse

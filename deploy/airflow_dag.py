@@ -7,9 +7,14 @@ idempotent, so a retry or a cleared task simply runs it again. The train task tr
 writes the partition of the DAG run's logical date.
 
 Copy this file into the Airflow DAGs folder of a host that can spark-submit and has the checkout at
-``SKYCLASS_HOME`` (default /opt/skyclass). This module imports Airflow; the test suite executes it against a small
-stand-in of the two Airflow classes used here (tests/test_airflow_dag.py), which checks the dependency graph but is
-no Airflow parse.
+``SKYCLASS_HOME`` (default /opt/skyclass). The test suite parses it with Apache Airflow (deploy/airflow-env.sh builds
+Airflow's own environment; tests/test_airflow_dag.py reads the parsed DagBag) and runs it with
+``airflow dags test`` against a standalone cluster and the SkyServer stand-in (tests/test_airflow_run.py).
+
+Environment of the Airflow worker: SKYCLASS_HOME, SKYCLASS_SUBMIT (the wrapper), SKYCLASS_CONF, SKYCLASS_MODELS,
+SPARK_MASTER_URL (standalone), SKYCLASS_TRAIN_GPU (the wrapper's GPU= for training: ``train``, or ``0`` on a
+cluster without GPUs) and SKYCLASS_SKYSERVER_RETRIES (Airflow retries of the SkyServer-bound tasks, default 3).
+Each job ends its output with one JSON summary line (skyclass.stage_summary), so a task's log can be grepped.
 """
 from __future__ import annotations
 
@@ -25,6 +30,11 @@ WRAPPER = os.environ.get("SKYCLASS_SUBMIT", "submit-yarn.sh")
 CONF = os.environ.get("SKYCLASS_CONF", f"{SKYCLASS_HOME}/conf/cluster.yaml")
 # Model packages live on a file system every executor can read (see deploy/README.md).
 MODELS_DIR = os.environ.get("SKYCLASS_MODELS", "/mnt/skyclass/models")
+# Horovod on GPU executors by default (deploy/spark-gpu.conf); "0" trains on the CPU executors.
+TRAIN_GPU = os.environ.get("SKYCLASS_TRAIN_GPU", "train")
+# SkyServer outages are usually short: the network stages are retried by Airflow, 20 minutes apart. (The jobs
+# already retry single requests; these retries are for an outage longer than that.)
+SKYSERVER_RETRIES = int(os.environ.get("SKYCLASS_SKYSERVER_RETRIES", "3"))
 
 
 def submit(job: str, *args: str, env: str = "") -> str:
@@ -53,22 +63,22 @@ with DAG(
     tags=["skyclass", "spark"],
 ) as dag:
     extract = BashOperator(task_id="extract", bash_command=submit("extract_catalog"),
-                           retries=3, retry_delay=timedelta(minutes=20))
+                           retries=SKYSERVER_RETRIES, retry_delay=timedelta(minutes=20))
     extract_photometric = BashOperator(task_id="extract_photometric",
                                        bash_command=submit("extract_catalog", "--photometric"),
-                                       retries=3, retry_delay=timedelta(minutes=20))
+                                       retries=SKYSERVER_RETRIES, retry_delay=timedelta(minutes=20))
     cutouts = BashOperator(task_id="cutouts", bash_command=submit("download_cutouts", "--catalog", "catalog"),
-                           retries=3, retry_delay=timedelta(minutes=20))
+                           retries=SKYSERVER_RETRIES, retry_delay=timedelta(minutes=20))
     cutouts_photometric = BashOperator(task_id="cutouts_photometric",
                                        bash_command=submit("download_cutouts", "--catalog", "photometric"),
-                                       retries=3, retry_delay=timedelta(minutes=20))
+                                       retries=SKYSERVER_RETRIES, retry_delay=timedelta(minutes=20))
     table = BashOperator(task_id="training_table", bash_command=submit("build_training_table"))
     # Train on GPU executors when asked to, or when there is no package yet (the first night).
     train = BashOperator(
         task_id="train_if_needed",
         bash_command=(
             "if [ '{{ params.retrain }}' = 'True' ] || ! ls " + MODELS_DIR + "/*/metadata.json >/dev/null 2>&1; "
-            "then " + submit("train", env="GPU=train") + "; "
+            "then " + submit("train", env=f"GPU={TRAIN_GPU}") + "; "
             "else echo 'model package exists and retrain is false: not training'; fi"),
         retries=0,  # a failed multi-hour training run is for a human to look at
     )

@@ -5,8 +5,9 @@
 import sys
 
 from skyclass.cli import job_entry
+from skyclass.stage_summary import print_summary
 
-main = job_entry("train")
+main = job_entry("train", on_result=print_summary)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,14 @@
-"""The nightly chain's orchestration, and the deploy/ wrappers in their DRY_RUN mode (the only part of deploy/ that
-can run on this machine: there is no cluster, Docker or Airflow here)."""
+"""The nightly chain's orchestration, the deploy/ wrappers in their DRY_RUN mode, and the schedules (crontab, Airflow
+DAG) driving those wrappers in DRY_RUN mode. The schedules against a real cluster: tests/test_crontab.py and
+tests/test_airflow_run.py."""
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -245,17 +246,6 @@ def _option(argv: list[str], flag: str) -> str:
     return argv[argv.index(flag) + 1]
 
 
-def _gpu_properties() -> dict[str, str]:
-    """deploy/spark-gpu.conf read as Spark reads a properties file (key, whitespace or '=', value)."""
-    props = {}
-    for line in (DEPLOY / "spark-gpu.conf").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            key, value = line.replace("=", " ", 1).split(None, 1)
-            props[key] = value.strip()
-    return props
-
-
 WRAPPERS = ["submit-yarn.sh", "submit-standalone.sh", "submit-k8s.sh"]
 
 
@@ -284,15 +274,32 @@ def test_yarn_dry_run_submits_every_job(job):
     assert "spark.executor.resource.gpu.amount" not in confs
 
 
-def test_gpu_settings_come_from_spark_gpu_conf():
-    props = _gpu_properties()
-    assert props["spark.executor.resource.gpu.amount"] == "1" and props["spark.task.resource.gpu.amount"] == "1"
-    assert props["spark.executor.resource.gpu.discoveryScript"].endswith("get-gpus.sh")
+def test_gpu_settings_come_from_spark_gpu_conf(tmp_path):
+    # What Spark needs to schedule one Horovod process per GPU, written out here (not read from the file).
     confs = _confs(_dry_run("submit-yarn.sh", "train", GPU="1"))
-    for key, value in props.items():
-        assert confs[key] == value, key
+    assert confs["spark.executor.resource.gpu.amount"] == "1" and confs["spark.task.resource.gpu.amount"] == "1"
+    assert confs["spark.executor.resource.gpu.discoveryScript"] == "/opt/skyclass/deploy/get-gpus.sh"
+    assert (DEPLOY / "get-gpus.sh").is_file()  # the script the image installs at that path
+    assert confs["spark.executorEnv.TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     # One Horovod process per GPU: a task takes a whole GPU and all of the executor's cores.
-    assert confs["spark.task.cpus"] == confs["spark.executor.cores"] == props["spark.executor.cores"]
+    assert confs["spark.task.cpus"] == confs["spark.executor.cores"] == "8"
+    # And they come from deploy/spark-gpu.conf: a copy of the checkout with other values there submits those.
+    for part in ("deploy", "jobs", "lib", "conf"):
+        shutil.copytree(ROOT / part, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "requirements.txt", tmp_path / "requirements.txt")
+    (tmp_path / "deploy" / "spark-gpu.conf").write_text(
+        "# other hardware\nspark.executor.resource.gpu.amount 2\nspark.task.resource.gpu.amount=2\n"
+        "spark.executor.resource.gpu.discoveryScript   /srv/gpus.sh  # trailing comment\n"
+        "spark.executor.cores 6\nspark.executorEnv.SKYCLASS_TEST_MARK  yes\n")
+    done = subprocess.run(["bash", str(tmp_path / "deploy" / "submit-yarn.sh"), "train"], capture_output=True,
+                          text=True, env={**os.environ, "DRY_RUN": "1", "GPU": "1"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    other = _confs(shlex.split(done.stdout.strip().splitlines()[-1]))
+    assert other["spark.executor.resource.gpu.amount"] == "2" and other["spark.task.resource.gpu.amount"] == "2"
+    assert other["spark.executor.resource.gpu.discoveryScript"] == "/srv/gpus.sh"
+    assert other["spark.executorEnv.SKYCLASS_TEST_MARK"] == "yes"
+    assert other["spark.task.cpus"] == other["spark.executor.cores"] == "6"
+    assert "spark.executorEnv.TF_FORCE_GPU_ALLOW_GROWTH" not in other
 
 
 def test_gpu_scoring_shares_each_gpu_among_the_cores():
@@ -372,30 +379,85 @@ def test_package_venv_dry_run_builds_horovod_with_gloo_and_packs(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Schedules: checked as text and syntax only (cron and Airflow are not installed here).
+# Schedules, in their wrappers' DRY_RUN mode: the crontab's lines run as cron would (tests/cron.py), the DAG's
+# commands as Airflow renders them. Running them for real against the standalone cluster is tests/test_crontab.py and
+# tests/test_airflow_run.py.
 
-def test_crontab_lines_call_existing_wrappers_and_jobs():
-    entries = [line for line in (DEPLOY / "crontab").read_text().splitlines()
-               if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
-    assert entries
-    for line in entries:
-        fields = line.split(None, 6)
-        minute, hour, dom, month, dow, user, command = fields
-        assert minute.isdigit() and hour.isdigit() and user
-        words = shlex.split(command.replace("\\%", "%"))
-        wrapper = next(w for w in words if w.startswith("deploy/submit-"))
-        assert (ROOT / wrapper).is_file()
-        assert words[words.index(wrapper) + 1] in JOBS
-        assert "%" not in command.replace("\\%", ""), "unescaped % ends a cron command"
+def _days(field: str) -> set[int]:
+    days = set()
+    for part in field.split(","):
+        low, _, high = part.partition("-")
+        days |= set(range(int(low), int(high or low) + 1))
+    return days
 
 
-def test_airflow_dag_compiles_and_submits_existing_jobs():
-    source = (DEPLOY / "airflow_dag.py").read_text()
-    tree = ast.parse(source)
-    compile(tree, str(DEPLOY / "airflow_dag.py"), "exec")  # syntax only: importing it needs Airflow
-    jobs = [node.args[0].value for node in ast.walk(tree)
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "submit"
-            and node.args and isinstance(node.args[0], ast.Constant)]
-    assert {"extract_catalog", "download_cutouts", "build_training_table", "train", "score_catalog",
-            "evaluate"} <= set(jobs)
-    assert set(jobs) <= set(JOBS)
+def test_crontab_lines_call_existing_wrappers_and_jobs(tmp_path):
+    from cron import CRONTAB, read_crontab, run_entry
+
+    variables, entries = read_crontab(CRONTAB.read_text())
+    assert len(entries) == 2
+    # Monday to Saturday incremental, Sunday retrain: every day once, at 02:30.
+    weekdays, sunday = entries
+    assert {e.schedule[:4] for e in entries} == {("30", "2", "*", "*")}
+    assert _days(weekdays.schedule[4]) == set(range(1, 7)) and _days(sunday.schedule[4]) == {0}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    python_dir = os.path.dirname(shutil.which("python3.11") or sys.executable)
+    # What an operator adjusts (the variables), plus DRY_RUN so the wrapper prints its spark-submit command.
+    variables.update(SKYCLASS_HOME=str(ROOT), SKYCLASS_LOGS=str(logs), SKYCLASS_LOCK=str(tmp_path / "lock"),
+                     PATH=f"{python_dir}:{variables['PATH']}", DRY_RUN="1")
+    for entry, extra in ((weekdays, []), (sunday, ["--retrain"])):
+        done = run_entry(entry, variables, tmp_path)
+        assert done.returncode == 0 and done.stdout == done.stderr == "", done
+        [log] = list(logs.iterdir())  # nightly-YYYY-MM-DD.log: `date +%F` got its % back from cron
+        assert re.fullmatch(r"nightly-\d{4}-\d{2}-\d{2}\.log", log.name), log.name
+        argv = shlex.split(log.read_text().strip().splitlines()[-1])
+        log.unlink()
+        assert argv[0] == "spark-submit" and _option(argv, "--master") == "yarn"
+        app = argv.index(str(ROOT / "jobs" / "run_nightly.py"))
+        assert argv[app + 1:] == ["--conf", "cluster.yaml", *extra]
+        assert Path(_option(argv, "--files")) == ROOT / "conf" / "cluster.yaml"  # the checkout's, by default
+        gpus = _confs(argv).get("spark.executor.resource.gpu.amount")
+        assert gpus == ("1" if extra else None)  # Sunday's training on GPU executors
+
+
+@pytest.mark.slow  # the first run installs Airflow (deploy/airflow-env.sh, about a minute; cached after)
+def test_airflow_dag_compiles_and_submits_existing_jobs(tmp_path):
+    """Airflow parses the DAG (its own environment) and renders every task's command; each command, run in the
+    wrapper's DRY_RUN mode, submits an existing job with the run's logical date where it needs one."""
+    from airflow_env import DAG_ID, AirflowHome, ensure_airflow
+
+    home = AirflowHome(tmp_path / "airflow", ensure_airflow())
+    env = home.env(SKYCLASS_HOME=str(ROOT), SKYCLASS_SUBMIT="submit-yarn.sh", SKYCLASS_CONF=str(ROOT / "conf" /
+                   "cluster.yaml"), SKYCLASS_MODELS=str(tmp_path / "models"))
+    bag = home.dagbag(env)
+    assert bag["import_errors"] == {}
+    tasks = bag["dags"][DAG_ID]["tasks"]
+    submitted = {}
+    for with_models in (False, True):
+        if with_models:
+            _write_package(tmp_path / "models", "20260101-000000")
+        for name, task in tasks.items():
+            for ds, command in task["rendered"].items():
+                done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120,
+                                      env={**os.environ, "DRY_RUN": "1"})
+                assert done.returncode == 0, (name, command, done.stderr)
+                lines = done.stdout.strip().splitlines()
+                if name == "train_if_needed" and with_models and ds == "2026-03-04":
+                    assert lines == ["model package exists and retrain is false: not training"]
+                    continue
+                argv = shlex.split(lines[-1])
+                job = next(Path(a).stem for a in argv if a.startswith(str(ROOT / "jobs")))
+                assert (ROOT / "jobs" / f"{job}.py").is_file()
+                args = argv[argv.index(str(ROOT / "jobs" / f"{job}.py")) + 3:]
+                submitted[(name, ds, with_models)] = (job, args, _confs(argv))
+    jobs = {job for job, _, _ in submitted.values()}
+    assert jobs == {"extract_catalog", "download_cutouts", "build_training_table", "train", "score_catalog",
+                    "evaluate"}
+    for ds in ("2026-03-04", "2026-03-05"):
+        assert submitted[("score", ds, True)][1] == ["--run-date", ds]  # the night's partition is the run's date
+        assert submitted[("extract_photometric", ds, True)][1] == ["--photometric"]
+    # No package yet, or params.retrain: train on GPU executors; otherwise train is not submitted.
+    for key in (("train_if_needed", "2026-03-04", False), ("train_if_needed", "2026-03-05", True)):
+        assert submitted[key][0] == "train" and submitted[key][2]["spark.executor.resource.gpu.amount"] == "1"
+    assert ("train_if_needed", "2026-03-04", True) not in submitted

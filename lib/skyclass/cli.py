@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -210,8 +211,13 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``skyclass`` console script and of every file in ``jobs/``."""
+def main(argv: Sequence[str] | None = None, on_result: Callable | None = None) -> int:
+    """Entry point of the ``skyclass`` console script and of every file in ``jobs/``.
+
+    ``on_result(command, result, error, seconds)``, when given, is called once the stage has returned (``error``
+    None) or failed with a SkyclassError (``result`` None): the jobs print their JSON summary line with it
+    (skyclass.stage_summary).
+    """
     args = build_parser().parse_args(argv)
     configure_logging()
     if args.command == "standin":
@@ -230,24 +236,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from skyclass.session import build_spark
 
+    started = time.monotonic()
     spark = build_spark(replace(conf.spark, app_name=f"{conf.spark.app_name}-{args.command}"))
     try:
         result = COMMANDS[args.command][1](spark, conf, args)
     except SkyclassError as err:
         print(f"skyclass {args.command}: {err}", file=sys.stderr)
+        if on_result is not None:
+            on_result(args.command, None, err, time.monotonic() - started)
         return 1
     finally:
         spark.stop()
     if result is not None:
         print(result)
+    if on_result is not None:
+        on_result(args.command, result, None, time.monotonic() - started)
     return 0
 
 
-def job_entry(command: str) -> Callable[[Sequence[str] | None], int]:
-    """The ``main(argv=None)`` of a ``jobs/`` file: the ``skyclass COMMAND`` subcommand under spark-submit."""
+def job_entry(command: str, on_result: Callable | None = None) -> Callable[[Sequence[str] | None], int]:
+    """The ``main(argv=None)`` of a ``jobs/`` file: the ``skyclass COMMAND`` subcommand under spark-submit
+    (``on_result``: see :func:`main`)."""
 
     def job_main(argv: Sequence[str] | None = None) -> int:
-        return main([command, *(sys.argv[1:] if argv is None else argv)])
+        return main([command, *(sys.argv[1:] if argv is None else argv)], on_result=on_result)
 
     job_main.__doc__ = f"spark-submit entry point of `skyclass {command}`."
     return job_main
