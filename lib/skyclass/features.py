@@ -236,7 +236,8 @@ def source_columns(names: Sequence[str]) -> tuple[str, ...]:
     FeatureError
         A name that is not a feature.
     """
-    needed = [column for feature in parse_features(names) for column in feature.inputs]
+    # Each name on its own: a caller may list a feature twice (u..z for the quality status, and as a feature).
+    needed = [column for name in names for column in parse_feature(name).inputs]
     return tuple(dict.fromkeys(needed))
 
 
