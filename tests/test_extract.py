@@ -190,8 +190,8 @@ def test_extract_catalog_survives_timeouts_5xx_and_429(spark, conf_for, standin_
 
 def test_sql_error_names_the_query(spark, conf_for, standin):
     conf = conf_for(skyserver={"url": standin.url, "max_queries_per_s": 500},
-                    extract={"photo_columns": ["ra", "dec", "petroRad_r"], "tasks": 2, "balance_ranges": False})
-    with pytest.raises(ExtractError, match=r"(?i)no such column: p.petroRad_r.*query: SELECT TOP \d+ p.objID"):
+                    extract={"photo_columns": ["ra", "dec", "petroR90_r"], "tasks": 2, "balance_ranges": False})
+    with pytest.raises(ExtractError, match=r"(?i)no such column: p.petroR90_r.*query: SELECT TOP \d+ p.objID"):
         extract_catalog(spark, conf)
     assert standin.stats()["sqlsearch"]["requests"] == 2  # one per range, no retries of a bad query
 

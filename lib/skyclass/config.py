@@ -192,7 +192,12 @@ MODES = ("tabular", "image", "multimodal")
 @dataclass(frozen=True)
 class TrainConfig:
     mode: str = "multimodal"
+    # A preset (photometric, paper) or, with train.features, the name of that declaration (reports, package).
     feature_set: str = "photometric"
+    # The model's features by name (skyclass.features: catalog columns such as psfMag_r, extinction_g, petroRad_r;
+    # derived ones such as g_r, psfmag_g_r, dered_cmodelmag_r, psf_minus_cmodel_r); empty = the preset's.
+    # Extraction fetches the PhotoObj columns they need (added to extract.photo_columns at load).
+    features: Sequence[str] = ()
     backbone: str = "small_cnn"
     weights: Optional[str] = None  # "imagenet" (needs internet), a local weights file, or None
     trainable_layers: Optional[int] = None
@@ -216,7 +221,10 @@ class TrainConfig:
 
     def validate(self, where: str) -> None:
         _choice(self.mode, MODES, f"{where}.mode")
-        _choice(self.feature_set, FEATURE_SETS, f"{where}.feature_set")
+        if self.features:
+            _check_features(self, where)
+        else:
+            _choice(self.feature_set, FEATURE_SETS, f"{where}.feature_set")
         for name in ("image_size_px", "epochs", "batch_size", "learning_rate", "num_proc"):
             _positive(getattr(self, name), f"{where}.{name}")
         if not 0 <= self.dropout < 1:
@@ -233,8 +241,7 @@ class EvaluateConfig:
     # Whether results are SIMULATED is read from the data (cutout sources, catalog provenance), never configured.
 
     def validate(self, where: str) -> None:
-        for fs in self.feature_sets:
-            _choice(fs, FEATURE_SETS, f"{where}.feature_sets")
+        # Presets, or the name of train.features' declaration: checked across sections (_check_feature_sets).
         if self.output is not None:
             _local_path(self.output, f"{where}.output", "the evaluation report")
 
@@ -348,7 +355,48 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
                 section.validate(f.name)
             except ConfigError as err:
                 raise ConfigError(f"{err} (in {sources})") from None
-    return conf
+    try:
+        _check_feature_sets(conf)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (in {sources})") from None
+    return _with_feature_columns(conf)
+
+
+def _check_features(train: "TrainConfig", where: str) -> None:
+    """train.features: every name a feature (skyclass.features), and a name of its own for the declaration."""
+    from skyclass.features import FEATURE_SETS as PRESETS, FeatureError, parse_features
+
+    try:
+        parse_features(train.features)
+    except FeatureError as err:
+        message = str(err)
+        raise ConfigError(f"{where}.features{'' if message.startswith('[') else ': '}{message}") from None
+    if train.feature_set in PRESETS:
+        raise ConfigError(f"{where}.feature_set is the preset {train.feature_set!r}, but {where}.features declares "
+                          "other features: name the declaration (e.g. feature_set: psf_cmodel) or drop features")
+    if not train.feature_set.isidentifier():
+        raise ConfigError(f"{where}.feature_set must be a plain name (letters, digits, _) when {where}.features is "
+                          f"set, got {train.feature_set!r}")
+
+
+def _check_feature_sets(conf: "Config") -> None:
+    known = list(FEATURE_SETS) + ([conf.train.feature_set] if conf.train.features else [])
+    for fs in conf.evaluate.feature_sets:
+        _choice(fs, known, "evaluate.feature_sets")
+
+
+def _with_feature_columns(conf: "Config") -> "Config":
+    """extract.photo_columns plus the PhotoObj columns train.features reads, so extraction fetches them."""
+    if not conf.train.features:
+        return conf
+    from skyclass.features import photo_columns_needed
+
+    have = {c.lower() for c in conf.extract.photo_columns}
+    extra = tuple(c for c in photo_columns_needed(conf.train.features) if c not in have)
+    if not extra:
+        return conf
+    return dataclasses.replace(conf, extract=dataclasses.replace(
+        conf.extract, photo_columns=tuple(conf.extract.photo_columns) + extra))
 
 
 def _apply_override(raw: dict, item: str) -> None:

@@ -50,7 +50,7 @@ from skyclass import lake, storage
 from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics, write_predictions
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
-from skyclass.features import feature_names
+from skyclass.features import features_of_set
 from skyclass.input_pipeline import dataset_url
 from skyclass.metrics import mcnemar_exact_p
 
@@ -150,7 +150,7 @@ def evaluate(spark, conf) -> EvaluationResult:
                      package.feature_set, entry["metrics"]["accuracy"])
 
         for feature_set in conf.evaluate.feature_sets:
-            for baseline in run_baselines(train_df, test_df, feature_set, feature_names(feature_set),
+            for baseline in run_baselines(train_df, test_df, feature_set, features_of_set(conf, feature_set),
                                           conf.evaluate.baselines, class_names=class_names,
                                           predictions_dir=_predictions_url(out_dir, "")):
                 key = f"{baseline.name}-{feature_set}"

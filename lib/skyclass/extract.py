@@ -8,6 +8,11 @@ Labelled objects (:func:`extract_catalog`)
     has, until a page comes back short. A page of exactly ``skyserver.row_cap`` rows may have been cut by the server,
     so it is discarded and the rest of the range is halved and fetched as two ranges.
 
+Columns
+    ``objID``, ra, dec, u..z, the columns of ``extract.photo_columns`` and every PhotoObj column the configured
+    features need (``train.features``: the config adds them to ``extract.photo_columns`` when it is loaded, see
+    :mod:`skyclass.features`), lower-cased in the lake.
+
 Unlabelled objects (:func:`extract_photometric`)
     Primary PhotoObj detections without a spectrum in the box ``extract.box_ra_deg`` × ``extract.box_dec_deg``
     (``sql/photometric_page.sql``); the box is split into ``extract.tasks`` ra strips, keyset-paged on objID; a
@@ -27,7 +32,7 @@ Resuming and replacing
 
 Quality rules (both tables; the first rule that applies wins)
     ``zWarning != 0`` → quality ``zwarning``; any magnitude missing or implausible (sentinels such as -9999, see
-    :func:`skyclass.features.photometry_ok_column`) → ``bad_photometry``; else ``ok``. ``extract.bad_rows``:
+    :func:`skyclass.lake.quality_column`) → ``bad_photometry``; else ``ok``. ``extract.bad_rows``:
     ``flag`` keeps such rows with their quality value, ``drop`` removes them; both are counted and logged.
 
 CSV import (``from_csv``)
@@ -703,12 +708,7 @@ def _finish(spark, conf, table: str, raw, extra: Sequence[str], result: ExtractR
     """Quality rules, flag/drop, write with an atomic swap, clean the staging, fill in the counts."""
     from pyspark.sql import functions as F
 
-    from skyclass.features import photometry_ok_column
-
-    quality = F.when(~photometry_ok_column(), F.lit(lake.QUALITY_BAD_PHOTOMETRY)).otherwise(F.lit(lake.QUALITY_OK))
-    if table == "catalog":
-        quality = F.when(F.coalesce(F.col("zwarning"), F.lit(0)) != 0, F.lit(lake.QUALITY_ZWARNING)).otherwise(quality)
-    frame = raw.withColumn("quality", quality).cache()
+    frame = raw.withColumn("quality", lake.quality_column(table)).cache()
     try:
         by_quality: dict[str, int] = {}
         by_class: dict[str, int] = {}

@@ -27,19 +27,33 @@ import pyarrow as pa
 
 from skyclass import storage
 
-MAGNITUDES = ("u", "g", "r", "i", "z")
-COLOURS = ("u_g", "g_r", "r_i", "i_z")  # u-g, g-r, r-i, i-z
-# Photometry of an object without a spectrum: the only set that can score the photometric catalog.
-PHOTOMETRIC_FEATURES = MAGNITUDES + COLOURS
-# The literature's tables add the spectroscopic redshift, which only labelled objects have. A network sees it
-# three ways (see features.add_redshift_encodings): the raw value, asinh(z / 0.001) -- which spreads stars
-# (|z| < 0.005) apart from nearby galaxies, a difference standardisation alone squeezes into 1% of one sigma --
-# and a flag for the exact 0.0 that only galaxies carry.
-REDSHIFT_ENCODINGS = ("redshift_asinh", "redshift_zero")
-PAPER_FEATURES = PHOTOMETRIC_FEATURES + ("redshift",) + REDSHIFT_ENCODINGS
-# Features computed from catalog columns (by skyclass.features), never read from a catalog.
-DERIVED_FEATURES = COLOURS + REDSHIFT_ENCODINGS
-FEATURE_SETS = {"photometric": PHOTOMETRIC_FEATURES, "paper": PAPER_FEATURES}
+MAGNITUDES = ("u", "g", "r", "i", "z")  # the catalog's u..z columns (PhotoObj's shorthand for modelMag)
+BANDS = MAGNITUDES
+# The catalog's per-band PhotoObj columns, ``<family>_<band>`` in lower case (SkyServer's names are
+# case-insensitive; the lake stores them lower-case): magnitudes, their errors, extinction and sizes. A feature
+# (skyclass.features) may name any of them; extraction fetches what the configured features need.
+MAGNITUDE_FAMILIES = ("psfmag", "cmodelmag", "modelmag", "petromag", "fibermag", "fiber2mag", "devmag", "expmag")
+PER_BAND_FAMILIES = (MAGNITUDE_FAMILIES + tuple(f"{m}err" for m in MAGNITUDE_FAMILIES)
+                     + ("extinction", "petrorad", "petroraderr", "petror50", "petror90", "fracdev", "devrad", "exprad",
+                        "devab", "expab"))
+
+
+def is_photo_column(name: str) -> bool:
+    """Whether ``name`` (any case) is a photometric column the catalog can hold: u..z, or ``<family>_<band>`` of
+    :data:`PER_BAND_FAMILIES` and :data:`BANDS`."""
+    lower = name.lower()
+    if lower in MAGNITUDES:
+        return True
+    family, sep, band = lower.rpartition("_")
+    return bool(sep) and family in PER_BAND_FAMILIES and band in BANDS
+
+
+def is_magnitude_column(name: str) -> bool:
+    """u..z or ``<magnitude family>_<band>``: values outside (:data:`MAG_MIN`, :data:`MAG_MAX`) are unusable."""
+    lower = name.lower()
+    family, _, band = lower.rpartition("_")
+    return lower in MAGNITUDES or (family in MAGNITUDE_FAMILIES and band in BANDS)
+
 
 # Quality values of catalog rows (the first rule that fails wins).
 QUALITY_OK = "ok"
@@ -55,6 +69,72 @@ SIMULATED_SOURCES = frozenset({SOURCE_STANDIN, SOURCE_SIMULATE})
 CUTOUT_SOURCES = (SOURCE_SKYSERVER, SOURCE_STANDIN, SOURCE_SIMULATE, SOURCE_UNKNOWN)
 # A small JSON document beside a table's data files; the leading "_" keeps Spark, pyarrow and Petastorm away.
 PROVENANCE_FILE = "_provenance.json"
+
+# SDSS writes -9999 (and sometimes other large negatives) for a magnitude it could not measure; real magnitudes
+# of SDSS objects lie well inside this range (the shared data goes from ~7 to ~32).
+MAG_MIN = 0.0
+MAG_MAX = 40.0
+# Any other PhotoObj column (errors, extinction, radii) uses -9999 (or -1000) for "not measured".
+SENTINEL_MAX = -900.0
+
+
+# --- the quality rule of catalog rows (extract applies it; scoring flags the same rows) ---------------------------
+
+def photometry_ok_column(bands: Sequence[str] = MAGNITUDES):
+    """Spark boolean Column: every magnitude is present and inside the plausible range (no -9999 sentinel)."""
+    from pyspark.sql import functions as F
+
+    cond = F.lit(True)
+    for m in bands:
+        cond = cond & column_ok(F.col(m), m)
+    return cond
+
+
+def column_ok(col, name: str):
+    """Spark boolean Column: the value of catalog column ``name`` is usable (present, finite, no sentinel; a
+    magnitude also within (MAG_MIN, MAG_MAX))."""
+    from pyspark.sql import functions as F
+
+    ok = col.isNotNull() & ~F.isnan(col)
+    if is_magnitude_column(name):
+        return ok & (col > MAG_MIN) & (col < MAG_MAX)
+    return ok & (col > SENTINEL_MAX)
+
+
+def photometry_ok_pandas(frame, bands: Sequence[str] = MAGNITUDES):
+    """Boolean numpy array: the given magnitudes (columns of ``frame``) are all usable (see :func:`column_ok`)."""
+    import numpy as np
+
+    ok = np.ones(len(frame), dtype=bool)
+    for band in bands:
+        ok &= column_ok_values(frame[band], band)
+    return ok
+
+
+def column_ok_values(values, name: str):
+    """numpy twin of :func:`column_ok` for a pandas Series (or array) of catalog column ``name``."""
+    import numpy as np
+    import pandas as pd
+
+    x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+    ok = np.isfinite(x)
+    if is_magnitude_column(name):
+        return ok & (x > MAG_MIN) & (x < MAG_MAX)
+    return ok & (x > SENTINEL_MAX)
+
+
+def quality_column(table: str):
+    """Spark Column: the ``quality`` of a raw ``catalog`` or ``photometric`` row; the first rule that fails wins.
+
+    ``zWarning != 0`` (catalog only) → ``zwarning``; any u..z magnitude missing or implausible (sentinels such as
+    -9999) → ``bad_photometry``; else ``ok``.
+    """
+    from pyspark.sql import functions as F
+
+    quality = F.when(~photometry_ok_column(), F.lit(QUALITY_BAD_PHOTOMETRY)).otherwise(F.lit(QUALITY_OK))
+    if table == "catalog":
+        quality = F.when(F.coalesce(F.col("zwarning"), F.lit(0)) != 0, F.lit(QUALITY_ZWARNING)).otherwise(quality)
+    return quality
 
 
 @dataclass(frozen=True)
@@ -158,14 +238,23 @@ CUTOUT_FAILURES = Table("cutout_failures", (
     Column("failed_at", pa.timestamp("us", tz="UTC"), False),
 ))
 
-TRAINING = Table("training", (
+_TRAINING_KEYS = (
     Column("objid", pa.int64(), False),
     Column("split", pa.string(), False, "train | validation | test"),
     Column("label", pa.int32(), False, "index into CLASSES"),
     Column("class", pa.string(), False),
-    *(Column(f, pa.float32(), doc="feature") for f in PAPER_FEATURES),
-    Column("jpeg", pa.binary(), True, "cutout JPEG; null when the object has none"),
-))
+)
+_TRAINING_JPEG = Column("jpeg", pa.binary(), True, "cutout JPEG; null when the object has none")
+
+
+def training_table(features: Sequence[str]) -> Table:
+    """Schema of the training table holding the given feature columns (float32, in this order).
+
+    Which features a table holds is the training table builder's choice (skyclass.training_table: every preset's
+    and the configured ones); :data:`TRAINING` is the table of the ``paper`` preset.
+    """
+    return Table("training", _TRAINING_KEYS + tuple(Column(f, pa.float32(), doc="feature") for f in features)
+                 + (_TRAINING_JPEG,))
 
 PREDICTIONS = Table("predictions", (
     Column("objid", pa.int64(), False),
@@ -265,3 +354,21 @@ def read_provenance(table_path: str):
 def lock_path(lake_root: str, name: str) -> str:
     """The lock file ``<lake>/_locks/<name>.lock`` (see :class:`skyclass.storage.Lock`)."""
     return f"{lake_root.rstrip('/')}/_locks/{name}.lock"
+
+
+# Feature definitions live in skyclass.features (a later stage than the catalog schema); these names stay readable
+# from here for code written before they moved. TRAINING is the training table of the ``paper`` preset.
+_MOVED_TO_FEATURES = ("COLOURS", "PHOTOMETRIC_FEATURES", "REDSHIFT_ENCODINGS", "PAPER_FEATURES", "DERIVED_FEATURES",
+                      "FEATURE_SETS")
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_FEATURES:
+        from skyclass import features
+
+        return getattr(features, name)
+    if name == "TRAINING":
+        from skyclass import features
+
+        return training_table(features.PAPER_FEATURES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,8 @@ reads counts from Spark aggregations; it never holds catalog rows, images or pre
 Status of a prediction (``lake.PREDICTIONS.status``), first match wins:
 
 ``bad_photometry``
-    a magnitude is missing or a sentinel (``features.photometry_ok_pandas`` is false). Decision: the row still
+    a magnitude or another catalog value the package's features read is missing or a sentinel
+    (``features.inputs_ok_pandas`` is false). Decision: the row still
     gets probabilities, from the usual model, with each unusable magnitude and the colours built from it replaced
     by the training mean (0 after standardisation) — the image, when there is one, is still informative, and a
     null would hide that. Users who want only clean photometry filter on ``status = 'ok'``.
@@ -105,21 +106,18 @@ class ScoreResult:
 # ---------------------------------------------------------------------------------------------------------------
 # Worker side: pure batch scoring.
 
-def clean_photometry(frame: pd.DataFrame) -> pd.DataFrame:
-    """Copy of ``frame`` with unusable magnitudes (missing, NaN, sentinel, out of range) set to NaN and colours added
-    (and the redshift encodings, when ``frame`` has a redshift).
+def clean_photometry(frame: pd.DataFrame, names=None) -> pd.DataFrame:
+    """Copy of ``frame`` with the features ``names`` computed (default: the colours, and the redshift encodings
+    when ``frame`` has a redshift), unusable catalog values (missing, NaN, sentinel, out of range) set to NaN.
 
     Standardisation then maps each NaN to the training mean, so a -9999 sentinel never reaches the model as a huge
     z-score.
     """
-    from skyclass.features import add_colours_pandas, add_redshift_encodings_pandas, photometry_ok_pandas
+    from skyclass.features import COLOURS, REDSHIFT_ENCODINGS, add_features_pandas
 
-    out = frame.copy()
-    for band in lake.MAGNITUDES:
-        ok = photometry_ok_pandas(out, (band,))
-        out[band] = np.where(ok, pd.to_numeric(out[band], errors="coerce"), np.nan)
-    out = add_colours_pandas(out)
-    return add_redshift_encodings_pandas(out) if "redshift" in out.columns else out
+    if names is None:
+        names = (*lake.MAGNITUDES, *COLOURS, *(REDSHIFT_ENCODINGS if "redshift" in frame.columns else ()))
+    return add_features_pandas(frame, names)
 
 
 def score_frame(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels) -> pd.DataFrame:
@@ -139,13 +137,13 @@ def score_frame(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels) 
     pandas.DataFrame
         One row per input row, in input order, with the columns of ``lake.PREDICTIONS``.
     """
-    from skyclass.features import photometry_ok_pandas
+    from skyclass.features import inputs_ok_pandas
 
     n = len(frame)
     if n == 0:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})[lake.PREDICTIONS.names]
-    photometry_ok = photometry_ok_pandas(frame)
-    features = clean_photometry(frame.drop(columns="jpeg", errors="ignore"))
+    photometry_ok = inputs_ok_pandas(frame, spec.features)
+    features = clean_photometry(frame.drop(columns="jpeg", errors="ignore"), spec.features)
     if "jpeg" in frame.columns:
         features["jpeg"] = frame["jpeg"].to_numpy()
     batch = predict_batch(features, spec, models)
@@ -295,9 +293,12 @@ def score_catalog(spark, conf) -> ScoreResult:
     raw_columns = list(source_columns((*lake.MAGNITUDES, *spec.features)))
     missing = [c for c in raw_columns if c not in catalog.columns]
     if missing:
-        raise ScoreError(f"model {spec.version} uses {', '.join(missing)}, which the {conf.score.catalog} table at "
-                         f"{catalog_path} does not have; score it with a package trained with "
-                         "train.feature_set=photometric, or score the labelled catalog (--catalog catalog)")
+        raise ScoreError(f"model {spec.version} uses catalog column(s) {', '.join(missing)} (its features: "
+                         f"{', '.join(spec.features)}), which the {conf.score.catalog} table at {catalog_path} "
+                         "does not have; extract the table again with that package's train.features in the config "
+                         "(extraction fetches the columns they need), score it with a package trained on columns "
+                         "the table has (e.g. train.feature_set=photometric), or score the labelled catalog "
+                         "(--catalog catalog)")
     objects = catalog.select("objid", *raw_columns)
 
     predictions_root = conf.lake.path("predictions")
@@ -411,9 +412,12 @@ def _check_spec(spec: ScoringSpec) -> None:
     if sorted(spec.classes) != sorted(CLASSES):
         raise ScoreError(f"model {spec.version} at {spec.package_path} predicts classes {list(spec.classes)}; "
                          f"scoring writes {', '.join(CLASSES)} probabilities — use a package trained on them")
-    unknown = [f for f in spec.features if f not in lake.PAPER_FEATURES]
-    if unknown:
-        raise ScoreError(f"model {spec.version} uses features {unknown} that scoring cannot compute "
-                         f"(known: {', '.join(lake.PAPER_FEATURES)})")
+    from skyclass.features import FeatureError, parse_features
+
+    try:
+        parse_features(spec.features)
+    except FeatureError as err:
+        raise ScoreError(f"model {spec.version} at {spec.package_path} declares features scoring cannot compute "
+                         f"(metadata.json features{err})") from None
     if spec.needs_images and spec.image_size_px <= 0:
         raise ScoreError(f"model {spec.version} is a {spec.mode} model but its metadata.json has no image_size_px")

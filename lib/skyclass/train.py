@@ -27,7 +27,7 @@ import numpy as np
 from skyclass import input_pipeline, lake, package
 from skyclass.config import Config
 from skyclass.errors import SkyclassError
-from skyclass.features import feature_names
+from skyclass.features import declared_features, source_columns
 from skyclass.input_pipeline import InputSpec
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
     """
     tc = conf.train
     lake_root = conf.lake.path("root")
-    features = feature_names(tc.feature_set)
+    features = declared_features(tc)
     missing = [f for f in features if f not in stats.normalisation]
     if missing:
         raise TrainingError(f"training statistics have no mean/std for {', '.join(missing)} (feature set "
@@ -324,6 +324,8 @@ def _metadata(conf: Config, stats, plan: TrainPlan, main: Mapping, tabular: Mapp
     return {
         "version": plan.version, "mode": tc.mode, "backbone": tc.backbone if tc.mode != "tabular" else None,
         "feature_set": tc.feature_set, "features": list(main_phase.spec.features), "classes": list(stats.classes),
+        # The catalog columns scoring needs to compute the features again (the names say how: skyclass.features).
+        "catalog_columns": list(source_columns(main_phase.spec.features)),
         "normalisation": {k: dict(v) for k, v in main_phase.spec.normalisation.items()},
         "image_size_px": tc.image_size_px, "config": conf.to_dict(),
         "lake_snapshot": {"training_path": os.path.dirname(plan.train_path), "rows": dict(stats.rows),

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 # The split key is the first 13 hex digits (52 bits) of sha256("<salt>:<objid>"): exact in a double, and anyone
 # can recompute an object's split with hashlib, outside Spark.
 SPLIT_HASH_HEX_DIGITS = 13
-# Features stored in the table and described in stats.json: every feature of every feature set.
-TABLE_FEATURES = lake.PAPER_FEATURES
+# Features every training table stores and describes in stats.json: those of the presets; a table also holds the
+# configured train.features (features.table_features).
+TABLE_FEATURES = features.PAPER_FEATURES
 # Hidden (underscore) partition folder Spark writes before the folders are renamed to train/validation/test.
 _SPLIT_FOLDER_COLUMN = "_split_folder"
 # Bytes of a training row besides its JPEG (ids, label, class, ten float32 features, Parquet overhead).
@@ -123,7 +124,7 @@ def exclusion_reason_column():
             .when(~F.col("class").isin(*CLASSES), F.lit("unknown_class")))
 
 
-def training_rows(catalog, cutouts, split: SplitConfig):
+def training_rows(catalog, cutouts, split: SplitConfig, feature_names: Sequence[str] = TABLE_FEATURES):
     """Catalog rows usable for training → rows of :data:`skyclass.lake.TRAINING` (a pure DataFrame transform).
 
     Parameters
@@ -134,25 +135,27 @@ def training_rows(catalog, cutouts, split: SplitConfig):
         ``objid`` and ``jpeg`` of ``lake/cutouts``; rows without a cutout are dropped. None: no cutouts at all,
         ``jpeg`` is null in every row (a tabular-only table).
     split : SplitConfig
+    feature_names : sequence of str
+        Features to compute and store (:func:`skyclass.features.table_features`).
 
     Returns
     -------
     pyspark.sql.DataFrame
-        TRAINING columns in TRAINING order; features as float32 (NaN stored as null).
+        Columns of ``lake.training_table(feature_names)`` in order; features as float32 (NaN stored as null).
     """
     from pyspark.sql import functions as F
 
-    rows = features.add_redshift_encodings(features.add_colours(catalog))
+    rows = features.add_features(catalog, feature_names)
     if cutouts is None:
         rows = rows.withColumn("jpeg", F.lit(None).cast("binary"))
     else:
         rows = rows.join(cutouts.select("objid", "jpeg"), on="objid", how="inner")
     rows = rows.withColumn("split", split_column(split)).withColumn("label", label_column())
-    for name in TABLE_FEATURES:
+    for name in feature_names:
         value = F.col(name).cast("float")
         # NaN would poison Spark's mean/std and the standardisation; null is skipped by both.
         rows = rows.withColumn(name, F.when(F.isnan(value), F.lit(None).cast("float")).otherwise(value))
-    schema = lake.TRAINING.spark_schema()
+    schema = lake.training_table(feature_names).spark_schema()
     return rows.select(*[F.col(f.name).cast(f.dataType) for f in schema.fields])
 
 
@@ -223,6 +226,12 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
     if missing:
         raise TrainingTableError(f"catalog table {catalog_path} lacks column(s) {', '.join(missing)}; "
                                  "re-run `skyclass extract` to rewrite it with the current schema")
+    table_features = features.table_features(conf)
+    missing = [c for c in features.source_columns(table_features) if c not in catalog.columns]
+    if missing:
+        raise TrainingTableError(f"catalog table {catalog_path} lacks column(s) {', '.join(missing)}, which "
+                                 f"train.features needs; re-run `skyclass extract` (it fetches what train.features "
+                                 "needs from SkyServer; a CSV export must carry those columns)")
 
     reasons = catalog.withColumn("reason", exclusion_reason_column())
     excluded = {r["reason"]: r["count"] for r in reasons.where(F.col("reason").isNotNull())
@@ -256,7 +265,7 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
                         "(move %s aside and run `skyclass cutouts`) to know.", cutout_sources[lake.SOURCE_UNKNOWN],
                         conf.lake.table("cutouts"))
 
-    rows = training_rows(usable, cutouts, conf.split)
+    rows = training_rows(usable, cutouts, conf.split, table_features)
     # Counting needs no JPEG bytes: Parquet reads only the columns a query uses.
     counts = rows.select("split", "class").groupBy("split", "class").count().collect()
     per_split = {s: 0 for s in lake.SPLITS}
@@ -273,7 +282,7 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
 
     stats = {
         "classes": list(CLASSES),
-        "features": feature_stats(rows.where(F.col("split") == "train")),
+        "features": feature_stats(rows.where(F.col("split") == "train"), table_features),
         "label_counts": label_counts,
         "rows": per_split,
         "image_size_px": _image_size_px(cutouts, conf),

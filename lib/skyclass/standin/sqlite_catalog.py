@@ -5,7 +5,8 @@ Tables (names and columns are case-insensitive, as on SkyServer):
 
 - ``PhotoObj``: objID, ra, dec, u, g, r, i, z, run, rerun, camcol, field, mode (1 = primary) and any further
   columns of the CSVs (for example ``type``); every loaded row, labelled or not. ``PhotoPrimary`` is a view of
-  the rows with mode = 1.
+  the rows with mode = 1. psf/cModel/model magnitudes with errors, extinction and Petrosian radii per band that a
+  CSV lacks are derived from its u..z and class (SIMULATED values, :mod:`skyclass.standin.photometry`).
 - ``SpecObj``: specObjID, bestObjID, class, z (the redshift), zWarning, plate, mjd, fiberID; labelled rows only.
 
 specObjID exceeds SQLite's signed 64-bit integers (real values reach ~1.3e19), so it is stored as 20-digit
@@ -27,6 +28,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from skyclass.standin.photometry import derive_photometry
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +287,10 @@ def _split_tables(frames: Iterable[tuple[str, pd.DataFrame]]) -> tuple[pd.DataFr
     for name, frame in frames:
         spec_cols = [c for c in frame.columns if c in _SPEC_COLUMNS]
         photo_cols = [c for c in frame.columns if c not in _SPEC_COLUMNS]
-        photo_parts.append(frame[photo_cols])
+        # Per catalog, before the catalogs are stacked: a column one file has and another lacks is derived for the
+        # other's rows, not left null.
+        classes = frame["class"] if "class" in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+        photo_parts.append(derive_photometry(frame[photo_cols], classes))
         if "specobjid" in frame.columns:
             bad = sorted(set(frame["class"]) - set(_SDSS_CLASSES))
             if bad:
