@@ -2,9 +2,10 @@
 
 How it runs (STYLE "Score in batches"): the catalog (LEFT JOIN the cutouts when the package looks at images) goes
 through ``mapInPandas``; each Arrow batch of ``score.batch_rows`` rows has its JPEGs decoded and is classified
-with one model call. Each Python worker loads the package's models once and keeps them in a module-level cache
-keyed by package path and version, so later tasks on the same worker reuse them. The driver plans the job and
-reads counts from Spark aggregations; it never holds catalog rows, images or predictions.
+with one model call, through :mod:`skyclass.inference` (the path evaluation uses too): each Python worker loads the
+package's models once -- Keras, or their TensorFlow Lite form on CPU workers (``score.inference``) -- and keeps
+them for later tasks and batches. The driver plans the job and reads counts from Spark aggregations; it never holds
+catalog rows, images or predictions.
 
 Status of a prediction (``lake.PREDICTIONS.status``), first match wins:
 
