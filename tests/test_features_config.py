@@ -341,3 +341,25 @@ def test_scoring_computes_the_packages_features_and_names_a_missing_column(psf_l
     unscorable = plain.replace(score=replace(plain.score, model=path, catalog="photometric"))
     with pytest.raises(ScoreError, match=r"uses catalog column\(s\) psfmag_u, cmodelmag_u.*extract the table again"):
         score_catalog(spark, unscorable)
+
+
+@pytest.mark.slow
+def test_training_records_the_declaration_and_learns_from_psf_minus_cmodel(psf_lake, spark):
+    """Horovod training (tabular, 2 processes) on the psf table: the package records the declared features, in
+    order, and the catalog columns they read, and its validation accuracy is far above chance."""
+    from dataclasses import replace
+
+    from skyclass.package import ModelPackage
+    from skyclass.train import train_model
+
+    conf = psf_lake["conf"]
+    conf = conf.replace(train=replace(conf.train, mode="tabular", epochs=8, batch_size=32, num_proc=2,
+                                      tabular_units=(32, 16), dropout=0.0, batch_norm=False, learning_rate=0.003,
+                                      warmup_epochs=1, early_stopping_patience=8, version="psf-tab"))
+    result = train_model(spark, conf)
+    package = ModelPackage.load(result.path)
+    declared = features.declared_features(conf.train)
+    assert package.features == declared and package.feature_set == SET_NAME
+    assert package.metadata["catalog_columns"] == list(features.source_columns(declared))
+    assert package.load_model().input_shape == (None, len(declared))
+    assert result.validation_accuracy >= 0.9
