@@ -1,6 +1,7 @@
 """Photometric features declared in config (train.features): checked at load, fetched by extraction from the
 SkyServer stand-in, stored in the training table, fed to the network and the MLlib baselines, recorded in the model
-package and computed again by scoring.
+package and computed again by scoring. The chain (one extraction and training table for the module, then network,
+baselines, scoring and Horovod training) is marked slow; the config and stand-in tests are not.
 
 The fixture catalog carries psfMag and cModelMag columns in which ONLY psf - cModel separates the classes (u..z
 and their colours are drawn from one distribution for all classes): a model that really receives the psf - cModel
@@ -81,13 +82,11 @@ def psf_lake(spark, tmp_path_factory):
         extract_catalog(spark, conf)
         extract_photometric(spark, conf)
         queries = list(server.queries())
-        # The same lake extracted with the preset (no psf columns fetched), for scoring's missing-column error.
-        plain = load_config(None, _settings(root / "plain", server.url, source))
-        extract_photometric(spark, plain)
     finally:
         server.stop()
     table = build_training_table(spark, conf)
-    yield {"conf": conf, "plain": plain, "source": source, "queries": queries, "table": table, "root": root}
+    yield {"conf": conf, "source": source, "photometric": photometric, "queries": queries, "table": table,
+           "root": root}
 
 
 def _split(conf, split: str) -> pd.DataFrame:
@@ -195,6 +194,7 @@ def test_standin_derives_psf_cmodel_and_extinction_and_serves_given_columns_as_t
 
 # --- the chain -------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_extraction_fetches_the_columns_the_features_need(psf_lake, spark):
     pages = [q for q in psf_lake["queries"] if "FROM SpecObj" in q and "TOP" in q]
     assert pages and all(f"p.psfmag_{b}" in q and f"p.cmodelmag_{b}" in q for q in pages for b in BANDS)
@@ -209,6 +209,7 @@ def test_extraction_fetches_the_columns_the_features_need(psf_lake, spark):
     assert {"psfmag_r", "cmodelmag_r", "extinction_r"} <= set(photometric.columns)
 
 
+@pytest.mark.slow
 def test_training_table_holds_the_declared_features_computed_from_the_catalog(psf_lake, spark):
     conf, source = psf_lake["conf"], psf_lake["source"]
     frames = [_split(conf, s) for s in lake.SPLITS]
@@ -252,10 +253,11 @@ def _fit_accuracy(matrices, seed=0) -> float:
     (x, y), (xt, yt) = matrices["train"], matrices["test"]
     model = compile_model(build_model("tabular", n_features=x.shape[1], tabular_units=(32, 16), dropout=0.0),
                           tf.keras.optimizers.Adam(3e-3))
-    model.fit(x, y, epochs=40, batch_size=64, verbose=0)
+    model.fit(x, y, epochs=25, batch_size=64, verbose=0)
     return float((model.predict(xt, verbose=0).argmax(axis=1) == yt).mean())
 
 
+@pytest.mark.slow
 def test_psf_minus_cmodel_reaches_the_network_and_decides_its_accuracy(psf_lake):
     conf = psf_lake["conf"]
     declared = features.declared_features(conf.train)
@@ -272,6 +274,7 @@ def test_psf_minus_cmodel_reaches_the_network_and_decides_its_accuracy(psf_lake)
     assert _fit_accuracy(_matrices(conf, features.PHOTOMETRIC_FEATURES)) <= majority + 0.1
 
 
+@pytest.mark.slow
 def test_baselines_follow_the_declaration(psf_lake, spark):
     from skyclass.baselines import run_baselines
 
@@ -281,8 +284,10 @@ def test_baselines_follow_the_declaration(psf_lake, spark):
     test = spark.read.parquet(lake.training_split_path(root, "test"))
     majority = test.groupBy("label").count().agg({"count": "max"}).collect()[0][0] / test.count()
     names = ["logistic_regression", "decision_tree"]
-    declared = run_baselines(train, test, SET_NAME, features.features_of_set(conf, SET_NAME), names)
-    preset = run_baselines(train, test, "photometric", features.features_of_set(conf, "photometric"), names)
+    params = {"logistic_regression": {"maxIter": 50}, "decision_tree": {"maxDepth": 6}}
+    declared = run_baselines(train, test, SET_NAME, features.features_of_set(conf, SET_NAME), names, params=params)
+    preset = run_baselines(train, test, "photometric", features.features_of_set(conf, "photometric"), names,
+                           params=params)
     for result in declared:
         assert result.features == features.declared_features(conf.train)
         assert result.metrics["accuracy"] >= 0.95, result.name
@@ -313,6 +318,7 @@ def _psf_only_package(conf, version: str) -> str:
     return write_package(conf.lake.path("models"), version, model_keras=blob, tabular_keras=blob, metadata=metadata)
 
 
+@pytest.mark.slow
 def test_scoring_computes_the_packages_features_and_names_a_missing_column(psf_lake, spark):
     from dataclasses import replace
 
@@ -337,7 +343,35 @@ def test_scoring_computes_the_packages_features_and_names_a_missing_column(psf_l
     assert (got[decided.to_numpy()] == pd.Series(want, index=photometric.index)[decided.to_numpy()]).all()
     assert set(got[decided.to_numpy()]) == {"GALAXY", "STAR"}  # the stand-in's unlabelled objects hold both
 
-    plain = psf_lake["plain"]
+    # The same objects extracted with the preset config: no psf columns fetched, so the package cannot score them.
+    from skyclass.extract import extract_photometric
+    from skyclass.standin.server import StandinServer
+
+    with StandinServer([psf_lake["photometric"]]).start() as server:
+        plain = load_config(None, _settings(psf_lake["root"] / "plain", server.url, psf_lake["source"]))
+        extract_photometric(spark, plain)
     unscorable = plain.replace(score=replace(plain.score, model=path, catalog="photometric"))
     with pytest.raises(ScoreError, match=r"uses catalog column\(s\) psfmag_u, cmodelmag_u.*extract the table again"):
         score_catalog(spark, unscorable)
+
+
+@pytest.mark.slow
+def test_training_records_the_declaration_and_learns_from_psf_minus_cmodel(psf_lake, spark):
+    """Horovod training (tabular, 2 processes) on the psf table: the package records the declared features, in
+    order, and the catalog columns they read, and its validation accuracy is far above chance."""
+    from dataclasses import replace
+
+    from skyclass.package import ModelPackage
+    from skyclass.train import train_model
+
+    conf = psf_lake["conf"]
+    conf = conf.replace(train=replace(conf.train, mode="tabular", epochs=8, batch_size=32, num_proc=2,
+                                      tabular_units=(32, 16), dropout=0.0, batch_norm=False, learning_rate=0.003,
+                                      warmup_epochs=1, early_stopping_patience=8, version="psf-tab"))
+    result = train_model(spark, conf)
+    package = ModelPackage.load(result.path)
+    declared = features.declared_features(conf.train)
+    assert package.features == declared and package.feature_set == SET_NAME
+    assert package.metadata["catalog_columns"] == list(features.source_columns(declared))
+    assert package.load_model().input_shape == (None, len(declared))
+    assert result.validation_accuracy >= 0.9

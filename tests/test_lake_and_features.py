@@ -81,6 +81,41 @@ def test_source_columns_name_what_derived_features_need():
     assert features.source_columns(features.feature_names("photometric")) == lake.MAGNITUDES
 
 
+def test_declared_features_spark_and_pandas_agree_with_values_by_hand(spark):
+    frame = pd.DataFrame({
+        "u": [19.0, 20.0, 18.0], "g": [18.0, 19.5, 17.0], "r": [17.5, 19.0, 16.0], "i": [17.0, 18.5, 15.5],
+        "z": [16.5, 18.0, 15.0],
+        "psfmag_r": [18.25, -9999.0, 16.0], "cmodelmag_r": [17.5, 19.0, 16.0], "cmodelmag_g": [18.0, 19.5, 17.25],
+        "extinction_g": [0.125, 0.25, 0.0], "extinction_r": [0.0625, 0.125, np.nan], "petrorad_r": [3.5, -9999.0, 1.25],
+    })
+    names = ["psf_minus_cmodel_r", "dered_cmodelmag_r", "dered_cModelMag_g_r", "cmodelmag_g_r", "dered_g",
+             "petroRad_r", "r"]
+    got = features.add_features(spark.createDataFrame(frame), names).toPandas()
+    # By hand: row 0 psf-cModel 0.75, dereddened cModel r 17.4375, dereddened colour (18-0.125)-(17.5-0.0625)
+    # = 0.4375, colour 0.5, dered g 17.875; row 1 has psfMag_r and petroRad_r sentinels; row 2 lacks A_r.
+    want = pd.DataFrame({
+        "psf_minus_cmodel_r": [0.75, np.nan, 0.0], "dered_cmodelmag_r": [17.4375, 18.875, np.nan],
+        "dered_cmodelmag_g_r": [0.4375, 0.375, np.nan], "cmodelmag_g_r": [0.5, 0.5, 1.25],
+        "dered_g": [17.875, 19.25, 17.0], "petrorad_r": [3.5, np.nan, 1.25], "r": [17.5, 19.0, 16.0]})
+    pd.testing.assert_frame_equal(got[list(want.columns)], want)
+    pd.testing.assert_frame_equal(features.add_features_pandas(frame, names)[list(want.columns)], want)
+    assert features.source_columns(names) == ("psfmag_r", "cmodelmag_r", "extinction_r", "cmodelmag_g",
+                                              "extinction_g", "g", "petrorad_r", "r")
+    assert features.inputs_ok_pandas(frame, ["psf_minus_cmodel_r"]).tolist() == [True, False, True]
+    with pytest.raises(features.FeatureError, match="needs catalog column 'psfmag_g'"):
+        features.add_features_pandas(frame, ["psf_minus_cmodel_g"])
+
+
+def test_extract_does_not_import_later_stages():
+    import subprocess
+    import sys
+
+    code = "import sys, skyclass.extract; print(sorted(m for m in sys.modules if m.startswith('skyclass.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = set(eval(out))
+    assert "skyclass.lake" in loaded and not loaded & {"skyclass.features", "skyclass.training_table"}
+
+
 def test_standardise_uses_stored_stats_and_zeroes_missing():
     frame = pd.DataFrame({"a": [1.0, 3.0, np.nan], "b": [10.0, 10.0, 12.0]})
     stats = {"a": {"mean": 2.0, "std": 1.0}, "b": {"mean": 10.0, "std": 2.0}}

@@ -13,6 +13,10 @@ Layout under ``lake.root`` (see README "The lake")::
                           its builder writes one (Spark and pyarrow skip ``_`` files)
     _locks/               lock files of stages that must not run twice at once (cutouts.lock)
 
+The catalog schema also says which photometric columns a catalog may hold (:func:`is_photo_column`) and when a
+value is usable, and holds the quality rule of catalog rows (:func:`quality_column`), which extraction applies.
+What is computed from the columns for a model is :mod:`skyclass.features` (a later stage).
+
 Every file operation on these paths outside Spark's reader and writer goes through :mod:`skyclass.storage`
 (which also swaps tables in: :func:`skyclass.storage.replace_directory`).
 """

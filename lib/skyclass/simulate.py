@@ -152,9 +152,7 @@ def simulated_objects(partition: int, start: int, stop: int, *, seed: int = 0,
         "has_cutout": has_cutout,
         "corrupt_cutout": corrupt,
     })
-    from skyclass.features import photometry_ok_pandas
-
-    frame["quality"] = np.where(~photometry_ok_pandas(frame), lake.QUALITY_BAD_PHOTOMETRY,
+    frame["quality"] = np.where(~lake.photometry_ok_pandas(frame), lake.QUALITY_BAD_PHOTOMETRY,
                                 np.where(zwarning != 0, lake.QUALITY_ZWARNING, lake.QUALITY_OK))
     return frame
 
