@@ -39,6 +39,9 @@ if [[ ! -f "$HOME_DIR/airflow.db" ]]; then
     mkdir -p "$HOME_DIR.tmp/dags"
     AIRFLOW_HOME="$HOME_DIR.tmp" AIRFLOW__CORE__LOAD_EXAMPLES=False \
         AIRFLOW__CORE__DAGS_FOLDER="$HOME_DIR.tmp/dags" "$VENV/bin/airflow" db migrate >&2
+    # The generated airflow.cfg names the temporary folder; without it Airflow writes a new one for the home it runs
+    # in (DB, dags/ and logs/ below AIRFLOW_HOME).
+    rm -rf "$HOME_DIR.tmp/airflow.cfg" "$HOME_DIR.tmp/logs"
     rm -rf "$HOME_DIR"
     mv "$HOME_DIR.tmp" "$HOME_DIR"
 fi
