@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
 	HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package
+.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package check-hats
 
 setup: $(STAMP)
 
@@ -55,3 +55,8 @@ package: setup
 
 clean:
 	rm -rf lake models predictions reports bench-results spark-warehouse
+
+# Reads a HATS export back with LSDB in its own environment (.venv-hats: built once by deploy/hats-venv.sh, cached).
+check-hats: setup
+	deploy/hats-venv.sh
+	$(PY) -m pytest -q tests/test_hats_lsdb.py

@@ -1,6 +1,7 @@
 """A lake with a catalog and one night of predictions made in code, for the export tests (no model needed).
 
-The sky: a dense field (a cluster-like clump of ``dense`` objects within 0.3 deg of the Abell 2065 centre) on top
+The sky: a dense field (a cluster-like clump of ``dense`` objects within 0.3 deg of the Abell 2065 centre, at
+least ~20" apart) on top
 of ``sparse`` objects spread uniformly over the whole sphere, including the poles and both sides of ra = 0/360, so
 an adaptive tiling must go deeper in the field than elsewhere.
 """
@@ -21,8 +22,15 @@ FIELD_RA_DEG, FIELD_DEC_DEG = 230.62, 27.71
 
 def sky_positions(n_dense: int, n_sparse: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    ra_field = FIELD_RA_DEG + rng.uniform(-0.3, 0.3, n_dense) / np.cos(np.radians(FIELD_DEC_DEG))
-    dec_field = FIELD_DEC_DEG + rng.uniform(-0.3, 0.3, n_dense)
+    # A jittered grid, not uniform draws: no two field objects closer than a few arcsec, so a cross-match against
+    # the same objects shifted by 0.5" has exactly one answer per object.
+    side = int(np.ceil(np.sqrt(n_dense)))
+    step_deg = 0.6 / side
+    gx, gy = np.meshgrid(np.arange(side), np.arange(side))
+    x = (gx.ravel()[:n_dense] + 0.5) * step_deg - 0.3 + rng.uniform(-0.25, 0.25, n_dense) * step_deg
+    y = (gy.ravel()[:n_dense] + 0.5) * step_deg - 0.3 + rng.uniform(-0.25, 0.25, n_dense) * step_deg
+    ra_field = FIELD_RA_DEG + x / np.cos(np.radians(FIELD_DEC_DEG))
+    dec_field = FIELD_DEC_DEG + y
     ra_sky = rng.uniform(0.0, 360.0, n_sparse)
     dec_sky = np.degrees(np.arcsin(rng.uniform(-1.0, 1.0, n_sparse)))
     edges_ra = np.array([0.0, 359.999999, 0.000001, 180.0, 45.0])
