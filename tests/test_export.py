@@ -225,3 +225,87 @@ def test_cli_export_writes_the_file(exported):
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"exported {len(truth):,} predictions of night {RUN_DATE} as CSV" in done.stdout
     assert len(pd.read_csv(f"{tmp}/cli/skyclass_{RUN_DATE}.csv")) == len(truth)
+
+
+# --- sky maps -----------------------------------------------------------------------------------------------------
+
+def test_sky_map_statistics_match_the_healpix_library_and_the_projection_fits_the_footprint(spark, exported,
+                                                                                            tmp_path):
+    import json
+
+    from skyclass import skymap
+    from skyclass.evaluate import write_report
+
+    tmp, truth, _ = exported
+    conf = _conf(tmp)
+    frame = export.labelled_night(spark, conf, RUN_DATE)
+    whole = skymap.footprint(frame)
+    assert whole.all_sky and whole.order() == 4
+    field = frame.filter("ra between 229 and 232 and dec between 27 and 28.5")
+    local = skymap.footprint(field)
+    assert not local.all_sky and abs(local.ra_centre_deg - 230.62) < 0.2 and local.order() == 11
+
+    order = local.order()
+    stats = skymap.pixel_statistics(field, order).set_index(["predicted_class", "pixel"]).sort_index()
+    subset = truth[truth.ra.between(229, 232) & truth.dec.between(27, 28.5)].assign(
+        pixel=lambda d: _healpix(d.ra, d.dec, order))
+    expected = subset.groupby(["predicted_class", "pixel"]).agg(objects=("objid", "size"),
+                                                                 mean_p_qso=("p_qso", "mean")).sort_index()
+    assert (stats.objects.to_numpy() == expected.objects.to_numpy()).all()
+    assert np.allclose(stats.mean_p_qso.to_numpy(), expected.mean_p_qso.to_numpy(), atol=1e-6)
+
+    # A report to attach the night's map to, as the nightly run does.
+    from skyclass.config import CLASSES
+    from skyclass.metrics import metrics_from_confusion
+
+    metrics = metrics_from_confusion(np.array([[5, 1, 0], [0, 4, 1], [1, 0, 3]]), CLASSES)
+    write_report({"title": "t", "headline": "k", "class_names": list(CLASSES), "test_rows": 15,
+                  "results": [{"key": "k", "kind": "network", "title": "net", "metrics": metrics}]}, str(tmp_path))
+    result = skymap.write_night_sky_map(spark, conf, RUN_DATE, str(tmp_path), simulated=True)
+    assert result.projection == "mollweide" and result.rows == len(truth)
+    assert os.path.getsize(result.path) > 10_000 and result.path.endswith(f"sky_map_{RUN_DATE}.png")
+    skymap.attach_to_report(str(tmp_path), result, caption=f"Labels of night {RUN_DATE}", simulated=True)
+    text = (tmp_path / "report.md").read_text()
+    assert f"![Labels of night {RUN_DATE} (SIMULATED)](sky_map_{RUN_DATE}.png)" in text
+    assert json.loads((tmp_path / "report.json").read_text())["sky_maps"][0]["order"] == 4
+    field_map = skymap.write_sky_map(spark, field, tmp_path / "field.png", title="field", simulated=False)
+    assert field_map.projection == "local" and field_map.order == order
+
+
+def test_the_nightly_run_exports_when_score_export_hats_is_set(tmp_path, monkeypatch, conf_for):
+    import sys
+    import textwrap
+
+    from skyclass import pipeline
+
+    (tmp_path / "fake_export_stages.py").write_text(textwrap.dedent('''
+        CALLS = []
+
+        class Result:
+            run_date, path = "2026-01-05", None
+
+        def _stage(name):
+            def run(spark, conf):
+                CALLS.append((name, conf))
+                return Result()
+            return run
+
+        extract_catalog, extract_photometric = _stage("extract"), _stage("extract_photometric")
+        download_cutouts, build_training_table = _stage("cutouts"), _stage("training_table")
+        train_model, score_catalog, evaluate = _stage("train"), _stage("score"), _stage("evaluate")
+        export_predictions = _stage("export")
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(pipeline, "STAGE_FUNCTIONS", {n: ("fake_export_stages", f) for n, (_, f) in
+                                                      pipeline.STAGE_FUNCTIONS.items()})
+    import fake_export_stages
+
+    pipeline.run_nightly(None, conf_for(score={"export_hats": True}), retrain=True)
+    names = [n for n, _ in fake_export_stages.CALLS]
+    assert names[-3:] == ["score", "export", "evaluate"]
+    export_conf = fake_export_stages.CALLS[-2][1]
+    assert export_conf.export.format == "hats" and export_conf.export.run_date == "2026-01-05"
+    fake_export_stages.CALLS.clear()
+    pipeline.run_nightly(None, conf_for(), retrain=True)
+    assert "export" not in [n for n, _ in fake_export_stages.CALLS]
+    sys.modules.pop("fake_export_stages", None)
