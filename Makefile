@@ -7,7 +7,8 @@ STAMP := $(VENV)/.setup-done
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
 	HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package airflow
+.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package airflow \
+	check-hats
 
 setup: $(STAMP)
 
@@ -60,3 +61,8 @@ airflow:
 
 clean:
 	rm -rf lake models predictions reports bench-results spark-warehouse
+
+# Reads a HATS export back with LSDB in its own environment (.venv-hats: built once by deploy/hats-venv.sh, cached).
+check-hats: setup
+	deploy/hats-venv.sh
+	$(PY) -m pytest -q tests/test_hats_lsdb.py

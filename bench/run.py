@@ -1,6 +1,6 @@
 """`make bench`: run every performance benchmark in turn; each writes bench-results/<name>.json and .md.
 
-    python bench/run.py [extract cutouts train score ...]
+    python bench/run.py [extract cutouts train score cluster export ...]
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("extract", "cutouts", "train", "score", "cluster")
+BENCHES = ("extract", "cutouts", "train", "score", "cluster", "export")
 
 
 def main(argv=None) -> int:

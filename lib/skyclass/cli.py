@@ -58,6 +58,12 @@ def _score(spark, conf, args):
     return score_catalog(spark, conf)
 
 
+def _export(spark, conf, args):
+    from skyclass.export import export_predictions
+
+    return export_predictions(spark, conf)
+
+
 def _simulate(spark, conf, args):
     from skyclass.simulate import simulate_lake
 
@@ -137,6 +143,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         p.add_argument("--run-date", help="YYYY-MM-DD (default: today, UTC)"),
         p.add_argument("--rescore", action="store_true",
                        help="score objects already scored by this model version again"))),
+    "export": ("export a night's predictions with positions and photometry as a HATS catalog (for LSDB), CSV or "
+               "FITS", _export, lambda p: (
+                   p.add_argument("--format", choices=("hats", "csv", "fits"), help="default: export.format (hats)"),
+                   p.add_argument("--run-date", help="YYYY-MM-DD of the night (default: the newest night)"),
+                   p.add_argument("--output", help="folder of the exports (default: export.output)"))),
     "simulate": ("write a synthetic catalog and cutouts lake of any size, for load tests", _simulate, lambda p: (
         p.add_argument("--objects", type=int, required=True, help="number of objects"),
         p.add_argument("--seed", type=int, default=0))),
@@ -161,7 +172,9 @@ _FLAG_TO_KEY = {
     "mode": {"train": "train.mode"},
     "feature_set": {"train": "train.feature_set"},
     "model": {"evaluate": "evaluate.model", "score": "score.model"},
-    "run_date": {"score": "score.run_date", "extract": "extract.run_date"},
+    "run_date": {"score": "score.run_date", "extract": "extract.run_date", "export": "export.run_date"},
+    "format": {"export": "export.format"},
+    "output": {"export": "export.output"},
     "resume": {"extract": "extract.resume"},
     "rescore": {"score": "score.rescore"},
 }

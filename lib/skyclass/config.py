@@ -256,11 +256,41 @@ class ScoreConfig:
     # Model runtime in the Python workers: keras, tflite (the package's TensorFlow Lite form, XNNPACK CPU kernels)
     # or auto (tflite when a worker sees no GPU and the package has the form, else keras); see skyclass.inference.
     inference: str = "auto"
+    # The nightly run (skyclass run) exports the night as a HATS catalog after scoring (see the export section).
+    export_hats: bool = False
 
     def validate(self, where: str) -> None:
         _choice(self.catalog, ("catalog", "photometric"), f"{where}.catalog")
         _positive(self.batch_rows, f"{where}.batch_rows")
         _choice(self.inference, ("auto", "keras", "tflite"), f"{where}.inference")
+
+
+EXPORT_FORMATS = ("hats", "csv", "fits")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    format: str = "hats"  # hats (a HATS catalog LSDB opens), csv or fits (one file)
+    # Folder of the exports (local, mounted or a storage URI): <output>/skyclass_<run_date>[.csv|.fits].
+    output: str = "exports"
+    run_date: Optional[str] = None  # YYYY-MM-DD of the night to export; None = the newest night of predictions
+    catalog: Optional[str] = None  # lake table the positions come from; None = score.catalog
+    # Catalog columns exported beside ra, dec and the predictions, where the catalog has them.
+    catalog_columns: Sequence[str] = ("u", "g", "r", "i", "z", "quality", "domain")
+    # HATS: no partition holds more rows than this; denser pixels are split into their children...
+    max_rows_per_partition: int = 1_000_000
+    # ... down to this HEALPix order at most (order 10: pixels of about 3.4 arcmin).
+    highest_order: int = 10
+
+    def validate(self, where: str) -> None:
+        _choice(self.format, EXPORT_FORMATS, f"{where}.format")
+        _positive(self.max_rows_per_partition, f"{where}.max_rows_per_partition")
+        if not 0 <= self.highest_order <= 29:
+            raise ConfigError(f"{where}.highest_order must be within 0..29, got {self.highest_order}")
+        if self.catalog is not None:
+            _choice(self.catalog, ("catalog", "photometric"), f"{where}.catalog")
+        if self.run_date is not None:
+            _iso_date(self.run_date, f"{where}.run_date")
 
 
 @dataclass(frozen=True)
@@ -285,6 +315,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     standin: StandinConfig = field(default_factory=StandinConfig)
     source: str = "<defaults>"  # where the config came from, for messages
 

@@ -4,6 +4,7 @@ It serves ``../shared/data/sdss/labelled.csv`` and ``unlabelled_abell2065.csv`` 
 from a stand-in on a free loopback port, then runs extract → cutouts → training table → train → evaluate →
 score on local Spark. The stand-in's cutouts are SIMULATED images rendered from each object's photometry: any
 accuracy of the image and multimodal networks printed here is on simulated images, not real SDSS cutouts.
+Last, the scored field's sky map (labelled SIMULATED) is written beside the evaluation report and linked from it.
 """
 from __future__ import annotations
 
@@ -108,6 +109,12 @@ def run_demo(spark, conf: Config) -> DemoResult:
             print(f"\n[{name}] done in {seconds:.0f} s\n{summary}\n", flush=True)
             result.stages.append((name, summary, seconds))
         result.class_counts = predicted_class_counts(spark, summary.path)
+        started = time.monotonic()
+        from skyclass.skymap import write_demo_sky_map
+
+        evaluated = next(stage_summary for name, stage_summary, _ in result.stages if name == "evaluate")
+        sky_map = write_demo_sky_map(spark, conf, summary.run_date, evaluated.path)
+        result.stages.append(("sky map", sky_map, time.monotonic() - started))
     return result
 
 

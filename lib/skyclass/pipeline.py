@@ -28,6 +28,7 @@ STAGE_FUNCTIONS: dict[str, tuple[str, str]] = {
     "train": ("skyclass.train", "train_model"),
     "score": ("skyclass.score", "score_catalog"),
     "evaluate": ("skyclass.evaluate", "evaluate"),
+    "export": ("skyclass.export", "export_predictions"),
 }
 
 
@@ -114,13 +115,34 @@ def _existing_package(conf) -> Optional[str]:
     return packages[-1] if packages else None
 
 
+def _night_sky_map(spark, conf, scored, evaluated, result: NightlyResult) -> None:
+    """The night's sky map, written beside the evaluation report and linked from it (a stage of its own in the
+    summary). A map that cannot be drawn is logged and does not fail the night: the labels are already written."""
+    run_date, report_dir = getattr(scored, "run_date", None), getattr(evaluated, "path", None)
+    if not run_date or not report_dir:
+        log.info("nightly: no sky map (the score or evaluate stage reported no night or report folder)")
+        return
+    began = time.monotonic()
+    try:
+        from skyclass import skymap
+
+        simulated = bool(getattr(evaluated, "simulated", False))
+        sky_map = skymap.write_night_sky_map(spark, conf, run_date, report_dir, simulated=simulated)
+        skymap.attach_to_report(report_dir, sky_map, caption=f"Labels of night {run_date}", simulated=simulated)
+        result.stages.append(StageOutcome("sky_map", str(sky_map), time.monotonic() - began, sky_map))
+    except (SkyclassError, ImportError, OSError, ValueError) as err:
+        log.error("nightly: the sky map of night %s could not be drawn: %s", run_date, err)
+        result.stages.append(StageOutcome("sky_map", f"not drawn: {err}", time.monotonic() - began, skipped=True))
+
+
 def run_nightly(spark, conf, retrain: bool = False) -> NightlyResult:
     """Run the nightly chain and return a summary of every stage.
 
     Stages, in order: ``extract`` (labelled catalog), ``extract_photometric`` (only when ``extract.box_ra_deg`` and
     ``extract.box_dec_deg`` are set), ``cutouts`` (for ``cutouts.catalog`` and, if different, ``score.catalog``),
     ``training_table``, ``train`` (only when there is no model package yet, or ``retrain``), ``score`` and
-    ``evaluate`` (both with the package just trained, or the existing one).
+    ``evaluate`` (both with the package just trained, or the existing one); between them ``export (hats)`` when
+    ``score.export_hats``; last, the night's sky map beside the evaluation report (``sky_map``).
 
     Parameters
     ----------
@@ -182,8 +204,12 @@ def run_nightly(spark, conf, retrain: bool = False) -> NightlyResult:
         skip("train", f"model package {model_path} exists (pass --retrain to train a new one)")
     result.model_path = model_path
 
-    run("score", conf.replace(score=dataclasses.replace(conf.score, model=model_path)))
+    scored = run("score", conf.replace(score=dataclasses.replace(conf.score, model=model_path)))
+    if conf.score.export_hats:
+        run("export", conf.replace(export=dataclasses.replace(conf.export, format="hats", run_date=scored.run_date)),
+            label="export (hats)")
     evaluate_model = conf.evaluate.model or model_path
-    run("evaluate", conf.replace(evaluate=dataclasses.replace(conf.evaluate, model=evaluate_model)))
+    evaluated = run("evaluate", conf.replace(evaluate=dataclasses.replace(conf.evaluate, model=evaluate_model)))
+    _night_sky_map(spark, conf, scored, evaluated, result)
     log.info("%s", result)
     return result

@@ -9,6 +9,8 @@ The document (``report``) holds:
   "version" (networks), "simulated": bool, "metrics": {...}}`` where ``metrics`` is a dict of
   :mod:`skyclass.metrics`;
 * ``figures``: a list of ``{"file", "caption", "simulated"}`` (files relative to the report folder);
+* ``sky_maps`` (optional): a list of ``{"file", "caption", "simulated"}``, sky maps of scored nights added by the
+  nightly run (:func:`skyclass.skymap.attach_to_report`);
 * ``notes``: a list of sentences printed under "Notes".
 """
 from __future__ import annotations
@@ -114,6 +116,13 @@ def render_markdown(report: Mapping) -> str:
         for figure in figures:
             caption = figure["caption"] + (" (SIMULATED)" if figure.get("simulated") else "")
             lines += [f"### {caption}", "", f"![{caption}]({figure['file']})", ""]
+
+    sky_maps = report.get("sky_maps") or []
+    if sky_maps:
+        lines += ["## Sky maps of scored nights", ""]
+        for sky_map in sky_maps:
+            caption = sky_map["caption"] + (" (SIMULATED)" if sky_map.get("simulated") else "")
+            lines += [f"### {caption}", "", f"![{caption}]({sky_map['file']})", ""]
 
     notes = list(report.get("notes") or [])
     if notes:
