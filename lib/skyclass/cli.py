@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from skyclass.config import REPO_ROOT, ConfigError, load_config
+from skyclass.config import FEATURE_SETS, MODES, REPO_ROOT, ConfigError, load_config
 from skyclass.errors import SkyclassError
 
 log = logging.getLogger("skyclass")
@@ -113,8 +113,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         p.add_argument("--max-objects", type=int, help="download at most this many (a sample)"))),
     "table": ("join catalog and cutouts into the training table with its split and statistics", _table, None),
     "train": ("train a model with Horovod on Spark, streamed from the lake by Petastorm", _train, lambda p: (
-        p.add_argument("--mode", choices=("tabular", "image", "multimodal")),
-        p.add_argument("--feature-set", choices=("photometric", "paper")))),
+        p.add_argument("--mode", choices=MODES),
+        p.add_argument("--feature-set", choices=FEATURE_SETS))),
     "evaluate": ("evaluate a model package and the classical baselines on the test split", _evaluate, lambda p: (
         p.add_argument("--model", help="model package folder (default: the newest)"),)),
     "score": ("label a lake catalog with a model package", _score, lambda p: (

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from skyclass import storage
-from skyclass.errors import SkyclassError
 from skyclass.features import decode_jpegs, standardise
+from skyclass.training_table import TrainingTableError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,6 @@ IMAGE_MODES = ("image", "multimodal")
 FEATURE_MODES = ("tabular", "multimodal")
 # Each queued result is one decoded row group (~50 MB at 1,000 rows of 64 px float32 images): keep few in flight.
 RESULTS_QUEUE_ROW_GROUPS = 4
-
-
-class TrainingTableError(SkyclassError):
-    """The training table or its statistics are missing or unusable; the message says which and what to do."""
 
 
 @dataclass(frozen=True)

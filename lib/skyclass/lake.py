@@ -265,3 +265,22 @@ def read_provenance(table_path: str):
 def lock_path(lake_root: str, name: str) -> str:
     """The lock file ``<lake>/_locks/<name>.lock`` (see :class:`skyclass.storage.Lock`)."""
     return f"{lake_root.rstrip('/')}/_locks/{name}.lock"
+
+
+def table_size(spark, path: str) -> tuple[int, int]:
+    """Rows and bytes of a lake table's visible Parquet files, from Parquet footers (no column data is read).
+
+    Parameters
+    ----------
+    spark : SparkSession
+    path : str
+        Table folder (local path or URI).
+
+    Returns
+    -------
+    (int, int)
+        ``(rows, bytes)``; ``(0, 0)`` when there is no table.
+    """
+    if not storage.table_exists(path):
+        return 0, 0
+    return spark.read.parquet(storage.spark_uri(path)).count(), storage.visible_files_size(path)

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from skyclass import input_pipeline, lake, package
-from skyclass.config import Config
+from skyclass.config import Config, plain_data
 from skyclass.errors import SkyclassError
 from skyclass.features import feature_names
 from skyclass.input_pipeline import InputSpec
@@ -255,17 +255,13 @@ def _phase_plan(name, spec: InputSpec, tc, train_groups, validation_groups, mode
     steps = tc.steps_per_epoch or train_rows // tc.batch_size
     validation_batch = min(tc.batch_size, validation_rows)
     fingerprint = {"mode": spec.mode, "features": list(spec.features), "classes": model_kwargs["n_classes"],
-                   **({k: _plain(v) for k, v in model_kwargs.items() if k not in ("n_features", "n_classes")}
+                   **({k: plain_data(v) for k, v in model_kwargs.items() if k not in ("n_features", "n_classes")}
                       if spec.mode != "tabular" else
-                      {k: _plain(model_kwargs[k]) for k in ("tabular_units", "dropout", "batch_norm")})}
+                      {k: plain_data(model_kwargs[k]) for k in ("tabular_units", "dropout", "batch_norm")})}
     return PhasePlan(name=name, spec=spec, steps_per_epoch=steps, train_shards=train_shards,
                      validation_batch_size=validation_batch, validation_steps=validation_rows // validation_batch,
                      validation_shards=validation_shards, rows_per_epoch=steps * tc.batch_size * tc.num_proc,
                      fingerprint=fingerprint)
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def _check_local_checkpoints(plan: TrainPlan) -> None:

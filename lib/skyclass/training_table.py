@@ -39,7 +39,8 @@ _ROW_OVERHEAD_BYTES = 120
 
 
 class TrainingTableError(SkyclassError):
-    """The training table cannot be built from what the lake holds."""
+    """The training table cannot be built from what the lake holds, or (read by the trainer) it or its statistics
+    are missing or unusable; the message says which and what to do."""
 
 
 @dataclass
@@ -331,10 +332,7 @@ def _cutouts_or_none(spark, path: str):
 
 def _cutout_bytes_per_row(spark, path: str) -> float:
     """Mean bytes per row of the cutouts table, from its file sizes and Parquet row counts (no data read)."""
-    if not storage.table_exists(path):
-        return 0.0
-    size = storage.visible_files_size(path)
-    rows = spark.read.parquet(storage.spark_uri(path)).count()
+    rows, size = lake.table_size(spark, path)
     return size / rows if rows else 0.0
 
 
