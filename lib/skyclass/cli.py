@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import replace
 from typing import Callable, Sequence
 
 from skyclass.config import FEATURE_SETS, MODES, REPO_ROOT, ConfigError, load_config
 from skyclass.errors import SkyclassError
+from skyclass.logs import configure_logging
 
 log = logging.getLogger("skyclass")
 DEFAULT_CONF = REPO_ROOT / "conf" / "local.yaml"
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="serve the SkyServer stand-in (SqlSearch, ImgCutout) on 127.0.0.1; "
                                    "its cutouts are SIMULATED images for tests and demos")
     _add_standin_arguments(p)
+    _add_verbose(p)
     return parser
 
 
@@ -173,6 +174,13 @@ def _add_common(p):
                    help="YAML config (default: conf/local.yaml of the checkout, else built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set skyserver.url=http://127.0.0.1:8089/dr17")
+    _add_verbose(p)
+
+
+def _add_verbose(p):
+    p.add_argument("--verbose", action="store_true",
+                   help="also show third-party INFO logs and warnings (Horovod, Petastorm, py4j, TensorFlow) that "
+                        "a normal run hides")
 
 
 def _overrides_from_flags(args) -> list[str]:
@@ -185,17 +193,10 @@ def _overrides_from_flags(args) -> list[str]:
     return items
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("SKYCLASS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("py4j", "py4j.clientserver", "urllib3", "matplotlib", "PIL", "horovod", "petastorm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``skyclass`` console script and of every file in ``jobs/``."""
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(args.verbose)
     if args.command == "standin":
         return _standin(args) or 0
     try:
@@ -203,8 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"skyclass {args.command}: configuration error: {err}", file=sys.stderr)
         return 2
+    from pyspark.sql import SparkSession
+
     from skyclass.session import build_spark
 
+    # A session that was running before this call (a test's, a notebook's) is used and left running.
+    already_running = SparkSession.getActiveSession() is not None
     spark = build_spark(replace(conf.spark, app_name=f"{conf.spark.app_name}-{args.command}"))
     try:
         result = COMMANDS[args.command][1](spark, conf, args)
@@ -212,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skyclass {args.command}: {err}", file=sys.stderr)
         return 1
     finally:
-        spark.stop()
+        if not already_running:
+            spark.stop()
     if result is not None:
         print(result)
     return 0
