@@ -132,3 +132,52 @@ def test_relative_paths_resolve_against_the_checkout_not_the_code_zip_spark_subm
         env={**env, "PYTHONPATH": str(code_zip), **extra}).stdout.strip()
     assert run() == str(work / "lake")
     assert run(SKYCLASS_HOME=str(tmp_path / "checkout")) == str(tmp_path / "checkout" / "lake")
+
+
+# Keys with a fixed set of values, and rules between keys, are checked when the config loads: a typo must not
+# surface inside Horovod after executors started, or after every network has been scored.
+@pytest.mark.parametrize("overrides, words", [
+    (["train.backbone=resnet"], ["train.backbone", "small_cnn", "xception", "'resnet'"]),
+    (["evaluate.baselines=[logistic_regression, random_forrest]"], ["evaluate.baselines", "'random_forrest'", "gbt"]),
+    (["evaluate.baselines=[gbt, gbt]"], ["evaluate.baselines lists an entry twice"]),
+    (["evaluate.feature_sets=[paper, paper]"], ["evaluate.feature_sets lists an entry twice"]),
+    (["evaluate.feature_sets=[photometric, colours]"], ["evaluate.feature_sets", "paper", "'colours'"]),
+    (["score.run_date=2026-13-01"], ["score.run_date", "YYYY-MM-DD"]),
+    (["spark.driver_memory=lots"], ["spark.driver_memory", "4g"]),
+    (["extract.photo_columns=[ra, 'dec; drop table']"], ["extract.photo_columns[1]", "SQL column name"]),
+    (["skyserver.backoff_s=5", "skyserver.max_backoff_s=1"], ["skyserver.max_backoff_s (1.0) must be >= "
+                                                               "skyserver.backoff_s (5.0)"]),
+    (["cutouts.backoff_s=5", "cutouts.max_backoff_s=1"], ["cutouts.max_backoff_s", "cutouts.backoff_s"]),
+    (["cutouts.rows_per_row_group=6000", "cutouts.rows_per_file=5000"], ["cutouts.rows_per_row_group (6000)",
+                                                                         "rows_per_file (5000)"]),
+    (["train.warmup_epochs=-1"], ["train.warmup_epochs must be >= 0"]),
+    (["train.warmup_epochs=5", "train.epochs=3"], ["train.warmup_epochs (5) must be <= train.epochs (3)"]),
+    (["train.early_stopping_patience=-2"], ["train.early_stopping_patience must be >= 0"]),
+    (["train.reduce_lr_patience=0"], ["train.reduce_lr_patience must be > 0"]),
+    (["train.reduce_lr_patience=6", "train.early_stopping_patience=6"],
+     ["train.reduce_lr_patience (6) must be < train.early_stopping_patience (6)"]),
+    (["train.steps_per_epoch=0"], ["train.steps_per_epoch must be > 0"]),
+    (["train.trainable_layers=-1"], ["train.trainable_layers must be >= 0"]),
+    (["train.tabular_units=[64, 0]"], ["train.tabular_units[1] must be > 0"]),
+    (["train.backbone=xception", "train.image_size_px=64"], ["train.image_size_px (64)", "'xception'", "71 px"]),
+    (["extract.page_rows=500000", "skyserver.row_cap=500000"],
+     ["extract.page_rows (500000) must be < skyserver.row_cap (500000)"]),
+    (["train.image_size_px=128", "cutouts.size_px=64"], ["train.image_size_px (128) must be <= cutouts.size_px (64)"]),
+])
+def test_choices_and_rules_between_keys_are_checked_at_load(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(LOCAL, overrides)
+    for word in [*words, "local.yaml"]:
+        assert word in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.backbone=xception", "train.image_size_px=72", "cutouts.size_px=72"],
+    ["train.mode=tabular", "train.image_size_px=128", "cutouts.size_px=64"],  # a tabular model reads no image
+    ["train.reduce_lr_patience=2", "train.early_stopping_patience=0"],  # no early stopping: any patience is fine
+    ["train.warmup_epochs=2", "train.epochs=2"],
+    ["extract.page_rows=499999"],
+    ["evaluate.baselines=[mlp, gbt]", "score.run_date=2026-01-02", "spark.driver_memory=512m"],
+])
+def test_values_next_to_the_limits_load(overrides):
+    load_config(LOCAL, overrides)

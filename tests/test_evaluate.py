@@ -14,7 +14,8 @@ from skyclass.config import CLASSES
 from skyclass.evaluate import EvaluationError, best_baseline_comparisons, evaluate, predict_proba
 from skyclass.features import feature_names
 from skyclass.lake import PHOTOMETRIC_FEATURES, SPLITS, training_split_path
-from skyclass.metrics import classification_metrics, metrics_from_confusion
+from metrics_reference import classification_metrics
+from skyclass.metrics import metrics_from_confusion
 from skyclass.report import SIMULATED_BANNER, render_markdown
 from test_baselines import make_training_frame, to_spark
 

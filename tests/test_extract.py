@@ -12,6 +12,7 @@ import pytest
 
 from catalog_fixture import make_labelled, make_photometric, write_csv
 from skyclass import lake
+from skyclass.storage import table_exists as storage_exists
 from skyclass.config import ConfigError
 from skyclass.extract import (ExtractError, IdRange, catalog_page_sql, catalog_plan, extract_catalog,
                               extract_photometric, fetch_catalog_range, frame_to_arrow, photo_columns, plan_balanced_ranges,
@@ -277,6 +278,27 @@ def test_failed_ranges_keep_completed_ones_and_say_how_to_resume(spark, conf_for
     conf = _conf(conf_for, server, source, skyserver={"retries": 0}, tasks=2, balance_ranges=False)
     with pytest.raises(ExtractError, match="2 of 2 catalog ranges failed.*HTTP 50.*rerunning the same command resumes"):
         extract_catalog(spark, conf)
+
+    # Now one range completes and the other fails: each range is one page (~150 rows < page_rows); the first page
+    # request is answered, the second is held by the server until the client's timeout gives up on it.
+    server.faults = Faults()
+    server.reset_stats()
+    gate = server.hold("sqlsearch", after=1)
+    conf = _conf(conf_for, server, source, skyserver={"retries": 0, "timeout_s": 1}, tasks=2, balance_ranges=False)
+    try:
+        with pytest.raises(ExtractError, match="1 of 2 catalog ranges failed.*rerunning the same command resumes"):
+            extract_catalog(spark, conf)
+    finally:
+        gate.release()
+    assert not storage_exists(conf.lake.table("catalog"))  # no half catalog is published
+
+    # The rerun fetches only the range that failed, and the catalog holds every object once.
+    server.faults = Faults()
+    server.reset_stats()
+    result = extract_catalog(spark, conf)
+    assert len(server.queries()) == 1  # the completed range is not fetched again
+    assert result.rows_written == 300
+    _compare_one_to_one(spark, conf.lake.table("catalog"), source)
 
 
 def test_from_csv_skyserver_names_table_line_and_two_z_columns(spark, conf_for, tmp_path):

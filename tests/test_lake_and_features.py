@@ -1,6 +1,7 @@
 """Lake schemas, the atomic table swap (skyclass.storage), and the features shared by training and scoring."""
 import io
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,18 @@ def test_replace_directory_keeps_old_table_when_write_fails(spark, tmp_path):
     with pytest.raises(RuntimeError):
         storage.replace_directory(path, broken)
     assert spark.read.parquet(path).count() == 4
+
+    # The new table is written and the old one already moved aside when the second rename fails (here: the
+    # staging folder vanished, as when a cleaner removes it): the old table must be put back, the marker removed.
+    def lose_staging(step):
+        if step == "moved_aside":
+            [staging] = [p for p in os.listdir(tmp_path) if ".staging-" in p]
+            shutil.rmtree(tmp_path / staging)
+
+    with pytest.raises(OSError):
+        storage.replace_directory(path, lambda p: spark.range(9).write.parquet(p), on_step=lose_staging)
+    assert spark.read.parquet(path).count() == 4
+    assert sorted(os.listdir(tmp_path)) == ["t"]  # no previous, staging or swap marker left behind
 
 
 def test_colours_spark_and_pandas_agree_and_null_sentinels(spark):

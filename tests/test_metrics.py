@@ -12,13 +12,14 @@ from skyclass.metrics import (
     mcnemar_exact_p,
     wilson_interval,
     DEFAULT_CLASS_NAMES,
-    classification_metrics,
-    comparison_table,
     confusion_matrix,
     metrics_from_confusion,
     roc_auc,
     roc_curve,
 )
+from skyclass.report import comparison_table
+
+from metrics_reference import classification_metrics
 
 # Hand-worked 3-class example (0 = GALAXY, 1 = STAR, 2 = QSO). Rows = true, columns = predicted:
 #

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from skyclass import plots
-from skyclass.metrics import classification_metrics
+from metrics_reference import classification_metrics
 
 CLASS_NAMES = ("GALAXY", "STAR", "QSO")
 # The banner's fill colour, as RGB; no data colour in plots.py uses it.

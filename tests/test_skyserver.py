@@ -3,7 +3,6 @@ builders and value validation."""
 from __future__ import annotations
 
 import threading
-import time
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
@@ -126,15 +125,15 @@ def test_429_retry_after_is_honoured(standin):
 
 
 def test_timeouts_are_retried_until_the_server_recovers(standin):
-    standin.faults = Faults(latency_ms=700)
-    recover = threading.Timer(0.6, lambda: setattr(standin, "faults", Faults()))
-    recover.start()
-    try:
-        with _client(standin.url, timeout_s=0.25, retries=6, backoff_s=0.1, max_backoff_s=0.2) as client:
-            assert len(client.sql("SELECT TOP 2 objID FROM PhotoObj")) == 2
-            assert client.requests_sent >= 2
-    finally:
-        recover.cancel()
+    # The stand-in answers only after 5 s, far beyond the 0.5 s timeout, until the client's first backoff wait
+    # (an injected sleep, so nobody waits for real) makes it answer at once again.
+    standin.faults = Faults(latency_ms=5000)
+    sleep = Backoffs(then=lambda n: setattr(standin, "faults", Faults()))
+    with _client(standin.url, timeout_s=0.5, retries=6, sleep=sleep) as client:
+        assert len(client.sql("SELECT TOP 2 objID FROM PhotoObj")) == 2
+        # At least the first attempt timed out and was retried; each retry waited its backoff first.
+        assert client.requests_sent >= 2 and len(sleep.delays) == client.requests_sent - 1
+    assert standin.stats()["sqlsearch"]["requests"] == client.requests_sent
 
 
 def test_timeouts_on_every_attempt_raise_unavailable(standin):
@@ -155,36 +154,54 @@ def test_connection_refused_raises_unavailable():
         client.sql("SELECT 1")
 
 
-def _most_in_window(times, window_s):
-    times = sorted(times)
-    return max(sum(1 for t in times[k:] if t - times[k] < window_s) for k in range(len(times)))
+class SteppingClock:
+    """A clock that moves only when the limiter sleeps: the simulated time of each request is then exactly when
+    the limiter let it go, whatever the machine's load."""
+
+    def __init__(self, start=100.0):
+        self.t = start
+        self.waits = []
+
+    def now(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.waits.append(seconds)
+        self.t += seconds
 
 
 def test_rate_limit_spaces_requests(standin):
-    started = time.monotonic()
-    with _client(standin.url, max_requests_per_s=20) as client:
+    clock = SteppingClock()
+    sent_at = []
+    with _client(standin.url, limiter=RateLimiter(20, clock=clock.now, sleep=clock.sleep)) as client:
         for _ in range(8):
             client.sql("SELECT TOP 1 objID FROM PhotoObj")
-    assert time.monotonic() - started >= 7 * 0.05 * 0.95
-    times = standin.request_times("sqlsearch")
-    assert len(times) == 8
-    # Sent 1/20 s apart; arrivals jitter with thread scheduling on a busy machine, hence the slack of 2.
-    assert _most_in_window(times, 0.2) <= 0.2 * 20 + 2
+            sent_at.append(clock.t)
+        clock.t += 1.0  # idle for a second: no burst of banked slots afterwards
+        for _ in range(3):
+            client.sql("SELECT TOP 1 objID FROM PhotoObj")
+            sent_at.append(clock.t)
+    assert standin.stats()["sqlsearch"]["requests"] == 11
+    gaps = np.diff(sent_at)
+    np.testing.assert_allclose(gaps[:7], 0.05)  # 1/20 s apart, no closer
+    assert gaps[7] == pytest.approx(1.0)  # the first after the pause goes at once ...
+    np.testing.assert_allclose(gaps[8:], 0.05)  # ... and the next ones are spaced again
+    assert clock.waits == pytest.approx([0.05] * 9)
 
 
 def test_rate_limit_holds_across_threads(standin):
-    with _client(standin.url, max_requests_per_s=25) as client:
+    clock = FrozenClock()
+    with _client(standin.url, limiter=RateLimiter(25, clock=clock.now, sleep=clock.sleep)) as client:
         workers = [threading.Thread(target=lambda: [client.sql("SELECT TOP 1 objID FROM PhotoObj")
                                                     for _ in range(3)]) for _ in range(3)]
-        started = time.monotonic()
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-    # A lower bound only (a loaded machine can only make it longer); the limiter's slots themselves are checked
-    # under a frozen clock below, not from arrival times, which bunch when the machine is busy.
-    assert time.monotonic() - started >= 8 * 0.04 * 0.95
     assert len(standin.request_times("sqlsearch")) == 9
+    # The clock stands still, so each wait is the slot the limiter reserved: nine distinct slots 1/25 s apart,
+    # shared by the three threads (one limiter each would give three slots at 0, three at 0.04, ...).
+    assert sorted(clock.waits) == pytest.approx([k * 0.04 for k in range(1, 9)])
 
 
 def test_from_config_divides_the_rate():

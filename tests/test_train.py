@@ -538,3 +538,18 @@ def test_horovod_processes_pin_the_gpus_spark_assigned_to_their_tasks(tmp_path):
     assert sorted(r["local_rank"] for r in reports) == [0, 1]
     assert sorted(r["chosen"] for r in reports) == [2, 3]  # the local ranks would have chosen 0 and 1
     assert all(r["chosen"] == int(r["addresses"][0]) for r in reports)
+
+
+def test_shuffle_buffer_holds_a_whole_row_group_within_its_memory_budget():
+    from skyclass.input_pipeline import RowGroupInfo
+    from skyclass.train import SHUFFLE_BUFFER_BYTES, shuffle_buffer_rows
+
+    groups = [RowGroupInfo("a.parquet", k, rows, rows) for k, rows in enumerate((1000, 640, 1200))]
+    images = InputSpec("multimodal", ("u_g", "g_r"), {}, 64)
+    tabular = InputSpec("tabular", ("u_g", "g_r"), {}, 64)
+    assert shuffle_buffer_rows(groups, 64, images) == 1200  # the largest row group, not 2 batches
+    assert shuffle_buffer_rows(groups[:1], 800, images) == 1600  # never under two batches
+    row_bytes = 4 * (2 + 3 * 256 ** 2) + 8
+    huge = InputSpec("image", ("u_g", "g_r"), {}, 256)  # 768 KB a row: the memory budget decides
+    assert shuffle_buffer_rows(groups, 64, huge) == max(128, SHUFFLE_BUFFER_BYTES // row_bytes)
+    assert shuffle_buffer_rows(groups, 64, tabular) == 1200

@@ -22,14 +22,12 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from skyclass.config import CLASSES
+from skyclass.config import BASELINE_NAMES, CLASSES, plain_data
 from skyclass.errors import SkyclassError
 from skyclass.metrics import metrics_from_confusion
 
 log = logging.getLogger(__name__)
 
-# The order of the paper's Table 4; names are the values allowed in ``evaluate.baselines``.
-BASELINE_NAMES = ("logistic_regression", "decision_tree", "random_forest", "gbt", "naive_bayes", "linear_svc", "mlp")
 
 BASELINE_TITLES = {
     "logistic_regression": "Logistic regression",
@@ -87,7 +85,7 @@ class BaselineResult:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "title": self.title, "feature_set": self.feature_set,
-                "features": list(self.features), "params": _plain(self.params), "fit_seconds": self.fit_seconds,
+                "features": list(self.features), "params": plain_data(self.params), "fit_seconds": self.fit_seconds,
                 "score_column": self.score_column, "metrics": self.metrics}
 
 
@@ -387,10 +385,3 @@ def _is_array(df, column: str) -> bool:
 
     return isinstance(df.schema[column].dataType, ArrayType)
 
-
-def _plain(value):
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

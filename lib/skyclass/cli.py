@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from skyclass.config import REPO_ROOT, ConfigError, load_config
+from skyclass.config import FEATURE_SETS, MODES, REPO_ROOT, ConfigError, load_config
 from skyclass.errors import SkyclassError
+from skyclass.logs import configure_logging
 
 log = logging.getLogger("skyclass")
 DEFAULT_CONF = REPO_ROOT / "conf" / "local.yaml"
@@ -133,8 +133,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
         p.add_argument("--max-objects", type=int, help="download at most this many (a sample)"))),
     "table": ("join catalog and cutouts into the training table with its split and statistics", _table, None),
     "train": ("train a model with Horovod on Spark, streamed from the lake by Petastorm", _train, lambda p: (
-        p.add_argument("--mode", choices=("tabular", "image", "multimodal")),
-        p.add_argument("--feature-set", choices=("photometric", "paper")))),
+        p.add_argument("--mode", choices=MODES),
+        p.add_argument("--feature-set", choices=FEATURE_SETS))),
     "evaluate": ("evaluate a model package and the classical baselines on the test split", _evaluate, lambda p: (
         p.add_argument("--model", help="model package folder (default: the newest)"),)),
     "score": ("label a lake catalog with a model package", _score, lambda p: (
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="serve the SkyServer stand-in (SqlSearch, ImgCutout) on 127.0.0.1; "
                                    "its cutouts are SIMULATED images for tests and demos")
     _add_standin_arguments(p)
+    _add_verbose(p)
     p = sub.add_parser("package", help="change a model package: --add-cpu-model writes its TensorFlow Lite forms",
                        description="write a model package's TensorFlow Lite forms (model.tflite, tabular.tflite) "
                                    "for CPU scoring, checked against Keras on the lake's validation split")
@@ -205,6 +206,13 @@ def _add_common(p):
                    help="YAML config (default: conf/local.yaml of the checkout, else built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set skyserver.url=http://127.0.0.1:8089/dr17")
+    _add_verbose(p)
+
+
+def _add_verbose(p):
+    p.add_argument("--verbose", action="store_true",
+                   help="also show third-party INFO logs and warnings (Horovod, Petastorm, py4j, TensorFlow) that "
+                        "a normal run hides")
 
 
 def _overrides_from_flags(args) -> list[str]:
@@ -217,13 +225,6 @@ def _overrides_from_flags(args) -> list[str]:
     return items
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("SKYCLASS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("py4j", "py4j.clientserver", "urllib3", "matplotlib", "PIL", "horovod", "petastorm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: Sequence[str] | None = None, on_result: Callable | None = None) -> int:
     """Entry point of the ``skyclass`` console script and of every file in ``jobs/``.
 
@@ -232,7 +233,7 @@ def main(argv: Sequence[str] | None = None, on_result: Callable | None = None) -
     (skyclass.stage_summary).
     """
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(args.verbose)
     if args.command == "standin":
         return _standin(args) or 0
     try:
@@ -247,9 +248,13 @@ def main(argv: Sequence[str] | None = None, on_result: Callable | None = None) -
             print(f"skyclass {args.command}: {err}", file=sys.stderr)
             return 1
         return 0
+    from pyspark.sql import SparkSession
+
     from skyclass.session import build_spark
 
     started = time.monotonic()
+    # A session that was running before this call (a test's, a notebook's) is used and left running.
+    already_running = SparkSession.getActiveSession() is not None
     spark = build_spark(replace(conf.spark, app_name=f"{conf.spark.app_name}-{args.command}"))
     try:
         result = COMMANDS[args.command][1](spark, conf, args)
@@ -259,7 +264,8 @@ def main(argv: Sequence[str] | None = None, on_result: Callable | None = None) -
             on_result(args.command, None, err, time.monotonic() - started)
         return 1
     finally:
-        spark.stop()
+        if not already_running:
+            spark.stop()
     if result is not None:
         print(result)
     if on_result is not None:

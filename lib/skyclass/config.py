@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ from typing import Any, Mapping, Optional, Sequence
 import yaml
 
 CLASSES = ("GALAXY", "STAR", "QSO")
+# Values of keys with a fixed set of choices, defined here so the config is checked whole at load time; the modules
+# that implement them (models.py, baselines.py) import these.
+BACKBONES = ("small_cnn", "resnet50", "vgg16", "densenet121", "efficientnetb2", "xception")
+# The order of the paper's Table 4; names are the values allowed in ``evaluate.baselines``.
+BASELINE_NAMES = ("logistic_regression", "decision_tree", "random_forest", "gbt", "naive_bayes", "linear_svc", "mlp")
 
 
 def _project_root() -> Path:
@@ -51,6 +57,7 @@ class SparkConfig:
 
     def validate(self, where: str) -> None:
         _positive(self.shuffle_partitions, f"{where}.shuffle_partitions")
+        _memory_size(self.driver_memory, f"{where}.driver_memory")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class SkyServerConfig:
             _positive(getattr(self, name), f"{where}.{name}")
         for name in ("retries", "backoff_s", "max_backoff_s"):
             _non_negative(getattr(self, name), f"{where}.{name}")
+        _backoff_cap(self, where)
 
 
 @dataclass(frozen=True)
@@ -137,6 +145,13 @@ class ExtractConfig:
                 raise ConfigError(f"{where}.{name} must be [min, max] with min < max, got {box!r}")
         if self.run_date is not None:
             _iso_date(self.run_date, f"{where}.run_date")
+        from skyclass.skyserver import SqlValueError, sql_identifier  # skyserver imports this module
+
+        for i, column in enumerate(self.photo_columns):
+            try:
+                sql_identifier(column)
+            except SqlValueError as err:
+                raise ConfigError(f"{where}.photo_columns[{i}]: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -168,6 +183,10 @@ class CutoutsConfig:
             _positive(getattr(self, name), f"{where}.{name}")
         if self.max_objects is not None:
             _positive(self.max_objects, f"{where}.max_objects")
+        _backoff_cap(self, where)
+        if self.rows_per_row_group > self.rows_per_file:
+            raise ConfigError(f"{where}.rows_per_row_group ({self.rows_per_row_group}) must be <= "
+                              f"{where}.rows_per_file ({self.rows_per_file}): a row group never spans files")
 
 
 @dataclass(frozen=True)
@@ -229,6 +248,31 @@ class TrainConfig:
             _positive(getattr(self, name), f"{where}.{name}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
+        _choice(self.backbone, BACKBONES, f"{where}.backbone")
+        for name in ("tabular_units", "fusion_units"):
+            for i, units in enumerate(getattr(self, name)):
+                _positive(units, f"{where}.{name}[{i}]")
+        for name in ("warmup_epochs", "early_stopping_patience"):
+            _non_negative(getattr(self, name), f"{where}.{name}")
+        for name in ("steps_per_epoch", "reduce_lr_patience"):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), f"{where}.{name}")
+        if self.trainable_layers is not None:
+            _non_negative(self.trainable_layers, f"{where}.trainable_layers")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"{where}.warmup_epochs ({self.warmup_epochs}) must be <= {where}.epochs "
+                              f"({self.epochs}): the run would end before the learning rate reaches its value")
+        if self.reduce_lr_patience is not None and self.reduce_lr_patience >= self.early_stopping_patience > 0:
+            raise ConfigError(f"{where}.reduce_lr_patience ({self.reduce_lr_patience}) must be < "
+                              f"{where}.early_stopping_patience ({self.early_stopping_patience}), or early "
+                              "stopping ends the run before the learning rate is ever reduced; set it lower or null")
+        if self.mode != "tabular":
+            from skyclass.models import min_image_size_px
+
+            smallest = min_image_size_px(self.backbone)
+            if self.image_size_px < smallest:
+                raise ConfigError(f"{where}.image_size_px ({self.image_size_px}) is too small for {where}.backbone "
+                                  f"{self.backbone!r}, which needs at least {smallest} px")
 
 
 @dataclass(frozen=True)
@@ -242,6 +286,12 @@ class EvaluateConfig:
 
     def validate(self, where: str) -> None:
         # Presets, or the name of train.features' declaration: checked across sections (_check_feature_sets).
+        for name in self.baselines:
+            _choice(name, BASELINE_NAMES, f"{where}.baselines")
+        for name in ("baselines", "feature_sets"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{where}.{name} lists an entry twice: {list(values)}")
         if self.output is not None:
             _local_path(self.output, f"{where}.output", "the evaluation report")
 
@@ -263,6 +313,8 @@ class ScoreConfig:
         _choice(self.catalog, ("catalog", "photometric"), f"{where}.catalog")
         _positive(self.batch_rows, f"{where}.batch_rows")
         _choice(self.inference, ("auto", "keras", "tflite"), f"{where}.inference")
+        if self.run_date is not None:
+            _iso_date(self.run_date, f"{where}.run_date")
 
 
 EXPORT_FORMATS = ("hats", "csv", "fits")
@@ -321,7 +373,7 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain-data form (for model metadata and logs)."""
-        return _plain(dataclasses.asdict(self))
+        return plain_data(dataclasses.asdict(self))
 
     def replace(self, **sections: Any) -> "Config":
         """A copy with whole sections replaced, e.g. ``conf.replace(train=dataclasses.replace(conf.train, epochs=1))``."""
@@ -388,6 +440,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
                 raise ConfigError(f"{err} (in {sources})") from None
     try:
         _check_feature_sets(conf)
+        check_across_sections(conf)
     except ConfigError as err:
         raise ConfigError(f"{err} (in {sources})") from None
     return _with_feature_columns(conf)
@@ -430,6 +483,28 @@ def _with_feature_columns(conf: "Config") -> "Config":
         conf.extract, photo_columns=tuple(conf.extract.photo_columns) + extra))
 
 
+def check_across_sections(conf: Config) -> None:
+    """Rules between keys of different sections (each section checks its own keys in its ``validate``).
+
+    Parameters
+    ----------
+    conf : Config
+
+    Raises
+    ------
+    ConfigError
+        A rule is broken; the message names both keys and their values.
+    """
+    if conf.extract.page_rows >= conf.skyserver.row_cap:
+        raise ConfigError(f"extract.page_rows ({conf.extract.page_rows}) must be < skyserver.row_cap "
+                          f"({conf.skyserver.row_cap}): a page of row_cap rows may be truncated by SkyServer, so "
+                          "every page would be split again")
+    if conf.train.mode != "tabular" and conf.train.image_size_px > conf.cutouts.size_px:
+        raise ConfigError(f"train.image_size_px ({conf.train.image_size_px}) must be <= cutouts.size_px "
+                          f"({conf.cutouts.size_px}): the {conf.train.mode} model would train on upscaled cutouts; "
+                          "download larger cutouts or train at their size")
+
+
 def _apply_override(raw: dict, item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
@@ -442,7 +517,7 @@ def _apply_override(raw: dict, item: str) -> None:
             raise ConfigError(f"--set {item!r}: {part!r} is not a section")
     try:
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: YAML reads 2026-13-01 as an impossible date
         node[parts[-1]] = value
 
 
@@ -528,6 +603,17 @@ def _type_name(hint: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
+def _memory_size(value: str, key: str) -> None:
+    if not re.fullmatch(r"[0-9]+[kmgtp]?", value.strip().lower()):
+        raise ConfigError(f"{key} must be a JVM memory size such as 512m or 4g, got {value!r}")
+
+
+def _backoff_cap(section: Any, where: str) -> None:
+    if section.max_backoff_s < section.backoff_s:
+        raise ConfigError(f"{where}.max_backoff_s ({section.max_backoff_s}) must be >= {where}.backoff_s "
+                          f"({section.backoff_s})")
+
+
 def _positive(value: float, key: str) -> None:
     if value <= 0:
         raise ConfigError(f"{key} must be > 0, got {value}")
@@ -552,9 +638,11 @@ def _choice(value: str, choices: Sequence[str], key: str) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+def plain_data(value: Any) -> Any:
+    """``value`` as JSON-ready plain data: mappings become dicts with str keys, tuples and lists become lists,
+    recursively (config sections, model arguments and estimator parameters are written into JSON metadata)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     return value

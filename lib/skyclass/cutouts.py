@@ -776,7 +776,7 @@ def _download(spark, conf: Config, run_id: str, catalog_path: str, started: floa
         # The snapshot and outcomes are only needed by this run (a killed run's are removed by the next run).
         storage.delete(work_path)
 
-    lake_objects, lake_bytes = _table_size(spark, cutouts_path)
+    lake_objects, lake_bytes = lake.table_size(spark, cutouts_path)
     elapsed = time.monotonic() - started
     result = CutoutsResult(
         catalog=c.catalog, path=cutouts_path, requested=requested, stored=stored, failed=failed,
@@ -811,10 +811,3 @@ def _rewrite_failures(spark, failures_path: str, outcomes, cutouts_path: str) ->
         new = new.unionByName(untried.select(*new.columns))
     table = new.select(*[F.col(f.name).cast(f.dataType) for f in schema.fields])
     storage.replace_directory(failures_path, lambda staging: table.coalesce(1).write.parquet(staging))
-
-
-def _table_size(spark, path: str) -> tuple[int, int]:
-    """(rows, bytes of the visible Parquet files) of a table; (0, 0) when there is none."""
-    if not storage.table_exists(path):
-        return 0, 0
-    return spark.read.parquet(storage.spark_uri(path)).count(), storage.visible_files_size(path)

@@ -1,8 +1,9 @@
 """``skyclass demo`` (what ``make demo`` runs): the whole pipeline on this machine, against the SkyServer stand-in.
 
 It serves ``../shared/data/sdss/labelled.csv`` and ``unlabelled_abell2065.csv`` (real SDSS photometry and labels)
-from a stand-in on a free loopback port, then runs extract → cutouts → training table → train → evaluate →
-score on local Spark. The stand-in's cutouts are SIMULATED images rendered from each object's photometry: any
+from a stand-in on a free loopback port, then runs the nightly chain of :mod:`skyclass.pipeline` (extract → cutouts
+→ training table → train → score → evaluate) on local Spark; what only a demo needs (the stand-in, the summary of
+predicted classes) is added here. The stand-in's cutouts are SIMULATED images rendered from each object's photometry: any
 accuracy of the image and multimodal networks printed here is on simulated images, not real SDSS cutouts.
 Last, the scored field's sky map (labelled SIMULATED) is written beside the evaluation report and linked from it.
 """
@@ -67,7 +68,8 @@ def demo_catalogs(conf: Config) -> tuple[str, str]:
 
 
 def run_demo(spark, conf: Config) -> DemoResult:
-    """Serve the demo catalogs from the stand-in and run every pipeline stage against it.
+    """Serve the demo catalogs from the stand-in and run the nightly chain (:func:`skyclass.pipeline.run_nightly`,
+    training a new package) against it.
 
     Parameters
     ----------
@@ -78,43 +80,31 @@ def run_demo(spark, conf: Config) -> DemoResult:
     Returns
     -------
     DemoResult
-        Each stage's summary and duration.
+        Each stage's summary and duration, and the predicted classes of the scored field.
+
+    Raises
+    ------
+    SkyclassError
+        A demo catalog is missing, or a stage failed (:class:`skyclass.pipeline.PipelineError`).
     """
+    from skyclass.pipeline import run_nightly
     from skyclass.standin.server import StandinServer
 
     labelled, unlabelled = demo_catalogs(conf)
-    result = DemoResult()
     with StandinServer([labelled, unlabelled], port=0) as server:
         log.info("SkyServer stand-in serving %s and %s at %s", os.path.basename(labelled),
                  os.path.basename(unlabelled), server.url)
         conf = conf.replace(skyserver=dataclasses.replace(conf.skyserver, url=server.url))
-        photometric_cutouts = conf.replace(cutouts=dataclasses.replace(conf.cutouts, catalog="photometric"))
-        from skyclass import cutouts, evaluate, extract, score, train, training_table
+        # retrain: a demo shows training every time, even when an earlier demo left a package behind.
+        nightly = run_nightly(spark, conf, retrain=True)
+    result = DemoResult(stages=[(s.name, s.summary, s.seconds) for s in nightly.stages if not s.skipped])
+    result.class_counts = predicted_class_counts(spark, nightly.stage("score").result.path)
+    started = time.monotonic()
+    from skyclass.skymap import write_demo_sky_map
 
-        stages = [
-            ("extract labelled", lambda: extract.extract_catalog(spark, conf)),
-            ("extract photometric", lambda: extract.extract_photometric(spark, conf)),
-            ("cutouts labelled", lambda: cutouts.download_cutouts(spark, conf)),
-            ("training table", lambda: training_table.build_training_table(spark, conf)),
-            ("train", lambda: train.train_model(spark, conf)),
-            ("evaluate", lambda: evaluate.evaluate(spark, conf)),
-            ("cutouts photometric", lambda: cutouts.download_cutouts(spark, photometric_cutouts)),
-            ("score photometric", lambda: score.score_catalog(spark, conf)),
-        ]
-        for name, stage in stages:
-            log.info("=== demo stage: %s ===", name)
-            started = time.monotonic()
-            summary = stage()
-            seconds = time.monotonic() - started
-            print(f"\n[{name}] done in {seconds:.0f} s\n{summary}\n", flush=True)
-            result.stages.append((name, summary, seconds))
-        result.class_counts = predicted_class_counts(spark, summary.path)
-        started = time.monotonic()
-        from skyclass.skymap import write_demo_sky_map
-
-        evaluated = next(stage_summary for name, stage_summary, _ in result.stages if name == "evaluate")
-        sky_map = write_demo_sky_map(spark, conf, summary.run_date, evaluated.path)
-        result.stages.append(("sky map", sky_map, time.monotonic() - started))
+    scored = nightly.stage("score").result
+    sky_map = write_demo_sky_map(spark, conf, scored.run_date, nightly.stage("evaluate").result.path)
+    result.stages.append(("sky map", sky_map, time.monotonic() - started))
     return result
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
@@ -21,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from skyclass import storage
-from skyclass.errors import SkyclassError
 from skyclass.features import decode_jpegs, standardise
+from skyclass.training_table import TrainingTableError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ IMAGE_MODES = ("image", "multimodal")
 FEATURE_MODES = ("tabular", "multimodal")
 # Each queued result is one decoded row group (~50 MB at 1,000 rows of 64 px float32 images): keep few in flight.
 RESULTS_QUEUE_ROW_GROUPS = 4
-
-
-class TrainingTableError(SkyclassError):
-    """The training table or its statistics are missing or unusable; the message says which and what to do."""
 
 
 @dataclass(frozen=True)
@@ -167,19 +164,19 @@ def list_row_groups(split_path: str) -> list[RowGroupInfo]:
     infos = []
     for piece in pieces:
         if piece.path not in footers:
-            with dataset.fs.open(piece.path) as fh:
+            with filesystem.open(piece.path) as fh:  # not dataset.fs: deprecated since pyarrow 5
                 footers[piece.path] = pq.ParquetFile(fh).metadata
         meta = footers[piece.path]
         group = meta.row_group(piece.row_group)
         rows = group.num_rows
         infos.append(RowGroupInfo(piece.path, piece.row_group, rows,
-                                  rows - _null_count(dataset, piece, meta, group, "jpeg")))
+                                  rows - _null_count(filesystem, piece, meta, group, "jpeg")))
     if not infos:
         raise TrainingTableError(f"the training split {split_path} holds no rows; rebuild the training table")
     return infos
 
 
-def _null_count(dataset, piece, meta, group, column: str) -> int:
+def _null_count(filesystem, piece, meta, group, column: str) -> int:
     names = [meta.schema.column(j).name for j in range(meta.num_columns)]
     if column not in names:
         return group.num_rows
@@ -189,7 +186,7 @@ def _null_count(dataset, piece, meta, group, column: str) -> int:
     # No statistics in the footer (some writers skip them for binary columns): count from the data itself.
     import pyarrow.parquet as pq
 
-    with dataset.fs.open(piece.path) as fh:
+    with filesystem.open(piece.path) as fh:
         return int(pq.ParquetFile(fh).read_row_group(piece.row_group, columns=[column]).column(0).null_count)
 
 
@@ -338,11 +335,16 @@ def open_reader(split_path: str, spec: InputSpec, *, cur_shard: Optional[int] = 
     from petastorm import make_batch_reader
 
     fix_thread_pool_end_of_data_race()
-    return make_batch_reader(
+    reader = make_batch_reader(
         dataset_url(split_path), schema_fields=spec.source_columns(), transform_spec=_transform_spec(spec),
         num_epochs=num_epochs, cur_shard=cur_shard, shard_count=shard_count, shuffle_row_groups=shuffle,
         shuffle_rows=shuffle, seed=seed, workers_count=workers_count, reader_pool_type="thread",
         results_queue_size=RESULTS_QUEUE_ROW_GROUPS)
+    if os.environ.get("SKYCLASS_VERBOSE") != "1":
+        # Without a disk cache (none is asked for) Reader.cleanup_cache only prints "Cache cleanup complete." to
+        # stdout when the reader closes: Horovod relays it once per reader and process. --verbose keeps it.
+        reader.cleanup_cache = lambda: None
+    return reader
 
 
 def fix_thread_pool_end_of_data_race() -> None:

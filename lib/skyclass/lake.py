@@ -376,3 +376,22 @@ def __getattr__(name: str):
 
         return training_table(features.PAPER_FEATURES)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def table_size(spark, path: str) -> tuple[int, int]:
+    """Rows and bytes of a lake table's visible Parquet files, from Parquet footers (no column data is read).
+
+    Parameters
+    ----------
+    spark : SparkSession
+    path : str
+        Table folder (local path or URI).
+
+    Returns
+    -------
+    (int, int)
+        ``(rows, bytes)``; ``(0, 0)`` when there is no table.
+    """
+    if not storage.table_exists(path):
+        return 0, 0
+    return spark.read.parquet(storage.spark_uri(path)).count(), storage.visible_files_size(path)

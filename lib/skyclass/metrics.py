@@ -1,4 +1,6 @@
-"""Classification metrics for the evaluation stage: confusion matrix, precision/recall/F1, ROC AUC, comparison table.
+"""Classification metrics for the evaluation stage: confusion matrix, precision/recall/F1, ROC AUC, intervals.
+
+The Markdown comparison table that shows them is rendered by :mod:`skyclass.report`.
 
 Pure numpy (scikit-learn is not part of the pinned stack). Conventions, chosen to match scikit-learn's
 ``zero_division=0`` so numbers are comparable with the paper:
@@ -19,28 +21,25 @@ and no NaN.
 
 from __future__ import annotations
 
-import logging
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from skyclass.config import CLASSES
 
 __all__ = [
     "DEFAULT_CLASS_NAMES",
     "confusion_matrix",
-    "classification_metrics",
     "metrics_from_confusion",
     "bootstrap_intervals",
     "mcnemar_exact_p",
     "wilson_interval",
     "roc_curve",
     "roc_auc",
-    "comparison_table",
 ]
 
-logger = logging.getLogger(__name__)
-
-DEFAULT_CLASS_NAMES: tuple[str, ...] = ("GALAXY", "STAR", "QSO")
+DEFAULT_CLASS_NAMES: tuple[str, ...] = CLASSES
 # Resamples behind the ``ci95`` intervals: enough for the 2.5/97.5 percentiles to be stable to ~1e-4 at n ~ 10^4.
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -295,66 +294,6 @@ def mcnemar_exact_p(only_first_right: int, only_second_right: int) -> float:
     return float(min(1.0, 2.0 * tail))
 
 
-def _as_proba_array(proba, n_samples: int, n_classes: int) -> np.ndarray:
-    scores = np.asarray(proba, dtype=np.float64)
-    if scores.shape != (n_samples, n_classes):
-        raise ValueError(
-            f"proba must have shape (n_samples, n_classes) = ({n_samples}, {n_classes}), got {scores.shape}; "
-            "pass the model's softmax output / MLlib 'probability' vectors in class-index order"
-        )
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("proba holds NaN or infinite scores")
-    return scores
-
-
-def classification_metrics(y_true, y_pred, proba=None, class_names: Sequence[str] = DEFAULT_CLASS_NAMES) -> dict:
-    """All evaluation metrics for one model on one test set.
-
-    Parameters
-    ----------
-    y_true, y_pred : array-like of int
-        True and predicted class indices (index ``i`` means ``class_names[i]``).
-    proba : array-like of float, shape (n_samples, n_classes), optional
-        Class scores (e.g. softmax output). When given, per-class one-vs-rest ROC AUC and its macro average are
-        added.
-    class_names : sequence of str
-        Class names in index order; their count fixes the number of classes.
-
-    Returns
-    -------
-    dict
-        Everything :func:`metrics_from_confusion` returns, plus, if ``proba`` is given, ``per_class[name]
-        ["roc_auc"]`` and ``roc_auc_ovr_macro``. A per-class AUC is ``None`` if the test set lacks positives or
-        negatives of that class; the macro average is taken over the classes where it is defined (``None`` if
-        none). JSON-serialisable.
-
-    Raises
-    ------
-    ValueError
-        On mismatched lengths, out-of-range labels, a ``proba`` of the wrong shape or non-finite scores, or an
-        empty test set.
-    """
-    names = [str(name) for name in class_names]
-    cm = confusion_matrix(y_true, y_pred, len(names))
-    result = metrics_from_confusion(cm, names)
-    if proba is None:
-        return result
-
-    true_idx = _as_label_array(y_true, "y_true", len(names))
-    scores = _as_proba_array(proba, true_idx.size, len(names))
-    defined_aucs = []
-    for i, name in enumerate(names):
-        auc = roc_auc(true_idx == i, scores[:, i])
-        if math.isnan(auc):
-            logger.warning("ROC AUC for class %s is undefined: the test set has only one side of %s-vs-rest", name, name)
-            result["per_class"][name]["roc_auc"] = None
-        else:
-            result["per_class"][name]["roc_auc"] = auc
-            defined_aucs.append(auc)
-    result["roc_auc_ovr_macro"] = float(np.mean(defined_aucs)) if defined_aucs else None
-    return result
-
-
 def _as_binary_inputs(y_true_binary, score) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(y_true_binary)
     scores = np.asarray(score, dtype=np.float64)
@@ -447,102 +386,3 @@ def roc_auc(y_true_binary, score) -> float:
     rank_sum_pos = float(mid_ranks[inverse][labels].sum())
     u_statistic = rank_sum_pos - n_pos * (n_pos + 1) / 2.0
     return float(u_statistic / (n_pos * n_neg))
-
-
-def _column_value(metrics: Mapping, column: str):
-    """Look up a table column: a top-level metric, or ``<CLASS>_<metric>`` from ``per_class``."""
-    if column in metrics:
-        return metrics[column]
-    per_class = metrics.get("per_class", {})
-    # Class names may contain underscores, so try every split point rather than the first.
-    for split_at in range(len(column) - 1, 0, -1):
-        if column[split_at] != "_":
-            continue
-        class_name, metric_name = column[:split_at], column[split_at + 1:]
-        if class_name in per_class and metric_name in per_class[class_name]:
-            return per_class[class_name][metric_name]
-    raise KeyError(column)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def comparison_table(
-    results: Mapping[str, dict],
-    columns: Sequence[str] = ("accuracy", "f1_weighted", "f1_macro", "QSO_f1"),
-    *,
-    decimals: int = 4,
-) -> str:
-    """Markdown table comparing models, with the best value of each column in bold.
-
-    Parameters
-    ----------
-    results : mapping of str to dict
-        Model name -> metrics dict from :func:`classification_metrics` / :func:`metrics_from_confusion`. Row
-        order follows the mapping's order.
-    columns : sequence of str
-        Top-level metric keys, or ``<CLASS>_<metric>`` for a per-class value (``"QSO_f1"`` is
-        ``per_class["QSO"]["f1"]``). All columns are treated as higher-is-better.
-    decimals : int
-        Digits after the decimal point. Values that tie at this precision are all bold.
-
-    Returns
-    -------
-    str
-        The table, ending in a newline. A metric a model lacks shows as ``—``; an undefined one (``None``) as
-        ``n/a``.
-
-    Raises
-    ------
-    ValueError
-        If ``results`` or ``columns`` is empty.
-    KeyError
-        If a column exists in none of the models (most likely a typo).
-    """
-    if not results:
-        raise ValueError("comparison_table needs at least one model in results")
-    if not columns:
-        raise ValueError("comparison_table needs at least one column")
-
-    cells: dict[str, list] = {}
-    for column in columns:
-        values = []
-        for model_metrics in results.values():
-            try:
-                values.append(_column_value(model_metrics, column))
-            except KeyError:
-                values.append(KeyError)
-        if all(value is KeyError for value in values):
-            raise KeyError(
-                f"column {column!r} is in none of the results; use a top-level metric such as 'accuracy' or "
-                "'<CLASS>_<metric>' such as 'QSO_f1'"
-            )
-        cells[column] = values
-
-    def escape(text: str) -> str:
-        return str(text).replace("|", "\\|")
-
-    lines = [
-        "| " + " | ".join(["model", *map(escape, columns)]) + " |",
-        "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|",
-    ]
-    rendered_columns = []
-    for column in columns:
-        values = cells[column]
-        numeric = [round(float(v), decimals) for v in values if _is_number(v)]
-        best = max(numeric) if numeric else None
-        rendered = []
-        for value in values:
-            if value is KeyError:
-                rendered.append("—")
-            elif not _is_number(value):
-                rendered.append("n/a")
-            else:
-                text = f"{float(value):.{decimals}f}"
-                rendered.append(f"**{text}**" if round(float(value), decimals) == best else text)
-        rendered_columns.append(rendered)
-    for row_index, model_name in enumerate(results):
-        row = [escape(model_name)] + [rendered[row_index] for rendered in rendered_columns]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"

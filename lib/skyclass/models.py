@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from skyclass.config import BACKBONES, MODES
 from skyclass.errors import SkyclassError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; keeps TensorFlow out of module import
@@ -27,8 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; keeps TensorFlow out of mod
 
 logger = logging.getLogger(__name__)
 
-MODES = ("tabular", "image", "multimodal")
-BACKBONES = ("small_cnn", "resnet50", "vgg16", "densenet121", "efficientnetb2", "xception")
 
 FEATURES_INPUT = "features"
 IMAGE_INPUT = "image"

@@ -15,9 +15,10 @@ The document (``report``) holds:
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
-from skyclass.metrics import comparison_table
+import numpy as np
 
 SIMULATED_BANNER = ("> **SIMULATED DATA.** Results, tables and figures marked *SIMULATED* were trained or evaluated "
                     "on simulated data, as the lake records it: cutouts rendered by the SkyServer stand-in or by "
@@ -205,3 +206,102 @@ def _counts(counts) -> str:
     if not counts:
         return ""
     return "(" + ", ".join(f"{name} {n}" for name, n in counts.items()) + ")"
+
+
+def _column_value(metrics: Mapping, column: str):
+    """Look up a table column: a top-level metric, or ``<CLASS>_<metric>`` from ``per_class``."""
+    if column in metrics:
+        return metrics[column]
+    per_class = metrics.get("per_class", {})
+    # Class names may contain underscores, so try every split point rather than the first.
+    for split_at in range(len(column) - 1, 0, -1):
+        if column[split_at] != "_":
+            continue
+        class_name, metric_name = column[:split_at], column[split_at + 1:]
+        if class_name in per_class and metric_name in per_class[class_name]:
+            return per_class[class_name][metric_name]
+    raise KeyError(column)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def comparison_table(
+    results: Mapping[str, dict],
+    columns: Sequence[str] = ("accuracy", "f1_weighted", "f1_macro", "QSO_f1"),
+    *,
+    decimals: int = 4,
+) -> str:
+    """Markdown table comparing models, with the best value of each column in bold.
+
+    Parameters
+    ----------
+    results : mapping of str to dict
+        Model name -> metrics dict from :func:`skyclass.metrics.metrics_from_confusion`. Row
+        order follows the mapping's order.
+    columns : sequence of str
+        Top-level metric keys, or ``<CLASS>_<metric>`` for a per-class value (``"QSO_f1"`` is
+        ``per_class["QSO"]["f1"]``). All columns are treated as higher-is-better.
+    decimals : int
+        Digits after the decimal point. Values that tie at this precision are all bold.
+
+    Returns
+    -------
+    str
+        The table, ending in a newline. A metric a model lacks shows as ``—``; an undefined one (``None``) as
+        ``n/a``.
+
+    Raises
+    ------
+    ValueError
+        If ``results`` or ``columns`` is empty.
+    KeyError
+        If a column exists in none of the models (most likely a typo).
+    """
+    if not results:
+        raise ValueError("comparison_table needs at least one model in results")
+    if not columns:
+        raise ValueError("comparison_table needs at least one column")
+
+    cells: dict[str, list] = {}
+    for column in columns:
+        values = []
+        for model_metrics in results.values():
+            try:
+                values.append(_column_value(model_metrics, column))
+            except KeyError:
+                values.append(KeyError)
+        if all(value is KeyError for value in values):
+            raise KeyError(
+                f"column {column!r} is in none of the results; use a top-level metric such as 'accuracy' or "
+                "'<CLASS>_<metric>' such as 'QSO_f1'"
+            )
+        cells[column] = values
+
+    def escape(text: str) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(["model", *map(escape, columns)]) + " |",
+        "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|",
+    ]
+    rendered_columns = []
+    for column in columns:
+        values = cells[column]
+        numeric = [round(float(v), decimals) for v in values if _is_number(v)]
+        best = max(numeric) if numeric else None
+        rendered = []
+        for value in values:
+            if value is KeyError:
+                rendered.append("—")
+            elif not _is_number(value):
+                rendered.append("n/a")
+            else:
+                text = f"{float(value):.{decimals}f}"
+                rendered.append(f"**{text}**" if round(float(value), decimals) == best else text)
+        rendered_columns.append(rendered)
+    for row_index, model_name in enumerate(results):
+        row = [escape(model_name)] + [rendered[row_index] for rendered in rendered_columns]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import requests
 
+from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,6 @@ class SqlValueError(SkyclassError, ValueError):
 # --- SQL building (no network) ---------------------------------------------------------------------------------
 
 IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-SDSS_CLASSES = ("GALAXY", "STAR", "QSO")
 
 
 def sql_identifier(name: Any, allowed: Optional[Iterable[str]] = None) -> str:
@@ -172,8 +172,8 @@ def sql_class(value: Any) -> str:
     SqlValueError
         Any other value.
     """
-    if value not in SDSS_CLASSES:
-        raise SqlValueError(f"class must be one of {', '.join(SDSS_CLASSES)}, got {value!r}")
+    if value not in CLASSES:
+        raise SqlValueError(f"class must be one of {', '.join(CLASSES)}, got {value!r}")
     return f"'{value}'"
 
 

@@ -25,9 +25,10 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from skyclass import input_pipeline, lake, package
-from skyclass.config import Config
+from skyclass.config import Config, plain_data
 from skyclass.errors import SkyclassError
 from skyclass.features import declared_features, source_columns
+from skyclass.logs import quiet_third_party_warnings
 from skyclass.input_pipeline import InputSpec
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class PhasePlan:
     validation_shards: Optional[int]
     rows_per_epoch: int  # samples all processes together consume per epoch
     fingerprint: Mapping[str, Any]  # what the checkpointed weights must match
+    shuffle_buffer_rows: int = 0  # tf.data shuffle buffer of each process (see shuffle_buffer_rows)
 
 
 @dataclass(frozen=True)
@@ -260,17 +262,40 @@ def _phase_plan(name, spec: InputSpec, tc, train_groups, validation_groups, mode
     steps = tc.steps_per_epoch or train_rows // tc.batch_size
     validation_batch = min(tc.batch_size, validation_rows)
     fingerprint = {"mode": spec.mode, "features": list(spec.features), "classes": model_kwargs["n_classes"],
-                   **({k: _plain(v) for k, v in model_kwargs.items() if k not in ("n_features", "n_classes")}
+                   **({k: plain_data(v) for k, v in model_kwargs.items() if k not in ("n_features", "n_classes")}
                       if spec.mode != "tabular" else
-                      {k: _plain(model_kwargs[k]) for k in ("tabular_units", "dropout", "batch_norm")})}
+                      {k: plain_data(model_kwargs[k]) for k in ("tabular_units", "dropout", "batch_norm")})}
+    shuffle_rows = shuffle_buffer_rows(train_groups, tc.batch_size, spec)
     return PhasePlan(name=name, spec=spec, steps_per_epoch=steps, train_shards=train_shards,
+                     shuffle_buffer_rows=shuffle_rows,
                      validation_batch_size=validation_batch, validation_steps=validation_rows // validation_batch,
                      validation_shards=validation_shards, rows_per_epoch=steps * tc.batch_size * tc.num_proc,
                      fingerprint=fingerprint)
 
 
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
+# What the decoded rows waiting in one process's shuffle buffer may take (64 px float32 images: 48 KB a row).
+SHUFFLE_BUFFER_BYTES = 256 * 2**20
+
+
+def shuffle_buffer_rows(train_groups, batch_size: int, spec: InputSpec) -> int:
+    """Rows of a process's tf.data shuffle buffer: one whole row group (Petastorm hands over row groups, so a
+    smaller buffer mixes rows of one group only, and a group written from a class-sorted catalog stays one class),
+    at least two batches, at most :data:`SHUFFLE_BUFFER_BYTES` of decoded rows.
+
+    Parameters
+    ----------
+    train_groups : sequence of RowGroupInfo
+        Row groups of the train split.
+    batch_size : int
+    spec : InputSpec
+
+    Returns
+    -------
+    int
+    """
+    largest_group = max((g.rows for g in train_groups), default=0)
+    row_bytes = 4 * (len(spec.features) + (3 * spec.image_size_px ** 2 if spec.uses_image else 0)) + 8
+    return max(2 * batch_size, min(largest_group, SHUFFLE_BUFFER_BYTES // row_bytes))
 
 
 def _check_local_checkpoints(plan: TrainPlan) -> None:
@@ -295,7 +320,9 @@ def _check_fingerprint(state: Mapping, phase: PhasePlan, where: str) -> None:
 def _worker_env() -> dict:
     # Added to each executor's own environment by Horovod's task service (the executor's PATH, PYTHONPATH and
     # Hadoop tokens must stay): only quieten TensorFlow's C++ start-up chatter in the relayed output.
-    return {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    # SKYCLASS_VERBOSE (set by --verbose) lets the training processes show third-party warnings too.
+    return {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+            **({"SKYCLASS_VERBOSE": "1"} if os.environ.get("SKYCLASS_VERBOSE") == "1" else {})}
 
 
 def _typical_rate(phase_summary: Mapping) -> Optional[float]:
@@ -358,8 +385,6 @@ def _train_on_horovod(plan: TrainPlan) -> Optional[dict]:
     process started by Horovod's Spark task service, and the driver must be able to import this module without
     loading TensorFlow.
     """
-    import warnings
-
     import tensorflow as tf
     import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
@@ -369,8 +394,7 @@ def _train_on_horovod(plan: TrainPlan) -> Optional[dict]:
     rank = hvd.rank()
     _configure_worker_logging(rank)
     # pyarrow 10 deprecations raised inside Petastorm, once per row group: noise in the relayed output.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
+    quiet_third_party_warnings()
     gpus = tf.config.list_physical_devices("GPU")
     # One GPU per process: the one Spark reserved for this task. The local rank is no guide when executors share a
     # host (in separate containers each process has local rank 0) or when Spark gave this task GPUs other than the
@@ -586,7 +610,7 @@ def _fit(plan: TrainPlan, phase: PhasePlan, model, records: list, initial_epoch:
                                                               patience=plan.reduce_lr_patience,
                                                               min_lr=scaled_lr / 64))
 
-    shuffle_buffer = 2 * plan.batch_size
+    shuffle_buffer = phase.shuffle_buffer_rows or 2 * plan.batch_size
     train_shard = rank if phase.train_shards else None
     validation_shard = rank if phase.validation_shards else None
     spec = phase.spec

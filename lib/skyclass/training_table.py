@@ -40,7 +40,8 @@ _ROW_OVERHEAD_BYTES = 120
 
 
 class TrainingTableError(SkyclassError):
-    """The training table cannot be built from what the lake holds."""
+    """The training table cannot be built from what the lake holds, or (read by the trainer) it or its statistics
+    are missing or unusable; the message says which and what to do."""
 
 
 @dataclass
@@ -266,8 +267,10 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
                         conf.lake.table("cutouts"))
 
     rows = training_rows(usable, cutouts, conf.split, table_features)
-    # Counting needs no JPEG bytes: Parquet reads only the columns a query uses.
-    counts = rows.select("split", "class").groupBy("split", "class").count().collect()
+    # Counts and statistics need no JPEG bytes: the joined rows without them are computed once and cached (Parquet
+    # reads only the columns a query uses); only the write below reads the images, once.
+    narrow = rows.drop("jpeg").persist()
+    counts = narrow.groupBy("split", "class").count().collect()
     per_split = {s: 0 for s in lake.SPLITS}
     label_counts = {c: 0 for c in CLASSES}
     for r in counts:
@@ -275,6 +278,7 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
         if r["split"] == "train":
             label_counts[r["class"]] += r["count"]
     if per_split["train"] == 0:
+        narrow.unpersist()
         raise TrainingTableError(
             f"no usable rows for the training split (rows per split: {per_split}; excluded: {excluded}). Check "
             f"that {catalog_path} holds quality 'ok' rows and that split.train > 0.")
@@ -282,7 +286,7 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
 
     stats = {
         "classes": list(CLASSES),
-        "features": feature_stats(rows.where(F.col("split") == "train"), table_features),
+        "features": feature_stats(narrow.where(F.col("split") == "train"), table_features),
         "label_counts": label_counts,
         "rows": per_split,
         "image_size_px": _image_size_px(cutouts, conf),
@@ -294,11 +298,17 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
     bytes_per_row = _cutout_bytes_per_row(spark, conf.lake.table("cutouts")) + _ROW_OVERHEAD_BYTES
     training_root = f"{root.rstrip('/')}/training"
 
+    # One output task per ~rows_per_file rows: each writes at most one file per split of about that size.
+    tasks = max(1, math.ceil(sum(per_split.values()) / conf.cutouts.rows_per_file))
+
     def write(staging: str) -> None:
         # Rows go out in a deterministic pseudo-random order: catalogs often arrive grouped by class (SkyServer
         # exports made by per-class queries), and a row group of one class defeats the trainer's shuffle buffer,
-        # which is smaller than a row group.
-        shuffled = rows.orderBy(F.xxhash64(F.col("objid"), F.lit(conf.split.salt), F.lit("order")))
+        # which is smaller than a row group. Hash partitioning then a sort inside each partition gives every file
+        # that mix with one shuffle of the rows; a global orderBy would add a sampling pass over every JPEG for
+        # its range boundaries and gain nothing (readers shuffle row groups, not a global order).
+        shuffled = (rows.repartition(tasks, F.col("objid"))
+                    .sortWithinPartitions(F.xxhash64(F.col("objid"), F.lit(conf.split.salt), F.lit("order"))))
         (shuffled.withColumn(_SPLIT_FOLDER_COLUMN, F.col("split")).write
          .partitionBy(_SPLIT_FOLDER_COLUMN)
          .option("maxRecordsPerFile", conf.cutouts.rows_per_file)
@@ -311,6 +321,7 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
         storage.write_text(f"{staging}/stats.json", json.dumps(stats, indent=2, sort_keys=True))
 
     storage.replace_directory(training_root, write)
+    narrow.unpersist()
     elapsed = time.monotonic() - started
     log.info("training table written to %s in %.1f s", training_root, elapsed)
     return TrainingTableResult(path=training_root, rows=per_split, excluded=excluded, without_cutout=without_cutout,
@@ -340,10 +351,7 @@ def _cutouts_or_none(spark, path: str):
 
 def _cutout_bytes_per_row(spark, path: str) -> float:
     """Mean bytes per row of the cutouts table, from its file sizes and Parquet row counts (no data read)."""
-    if not storage.table_exists(path):
-        return 0.0
-    size = storage.visible_files_size(path)
-    rows = spark.read.parquet(storage.spark_uri(path)).count()
+    rows, size = lake.table_size(spark, path)
     return size / rows if rows else 0.0
 
 

@@ -1,0 +1,52 @@
+"""What a run prints: stage summaries, progress, and real warnings and errors; third-party chatter only with
+``--verbose``. Entry points (the CLI, ``jobs/``) call :func:`configure_logging`; the training processes Horovod
+starts call :func:`quiet_third_party_warnings` (they inherit ``SKYCLASS_VERBOSE``, not the driver's logging)."""
+from __future__ import annotations
+
+import logging
+import os
+
+# Third-party loggers whose INFO lines speak to their own developers, not to a skyclass user: py4j logs a
+# ConnectionResetError traceback at INFO when Spark's callback socket closes at the end of a run (not an error),
+# Horovod's rendezvous server logs "scope global has keys ..." for every key exchange. --verbose shows them.
+NOISY_LOGGERS = ("py4j", "urllib3", "matplotlib", "PIL", "horovod", "petastorm", "tensorflow", "absl")
+_THIRD_PARTY_PACKAGES = tuple(f"{os.sep}{name}{os.sep}" for name in ("horovod", "petastorm", "py4j"))
+
+
+def _not_third_party_info(record: logging.LogRecord) -> bool:
+    """False for a third-party INFO/DEBUG record sent through the root logger (``logging.info(...)`` in Horovod's
+    rendezvous server): a logger level cannot catch those, their logger is the root."""
+    return record.levelno >= logging.WARNING or not any(p in record.pathname for p in _THIRD_PARTY_PACKAGES)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Stage summaries, progress and real warnings; third-party chatter only with ``verbose``.
+
+    ``verbose`` also sets ``SKYCLASS_VERBOSE=1``, which processes started for the run (Horovod's training
+    processes) read to leave their own third-party output alone.
+    """
+    logging.basicConfig(level=os.environ.get("SKYCLASS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if verbose:
+        os.environ["SKYCLASS_VERBOSE"] = "1"
+        return
+    # TensorFlow's C++ INFO lines (CPU feature notes) when the driver imports it; its warnings stay.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_not_third_party_info)
+    quiet_third_party_warnings()
+
+
+def quiet_third_party_warnings() -> None:
+    """Hide the deprecation warnings pyarrow 10 raises inside Petastorm 0.13 (once per dataset and row group, on
+    the driver and in every training process): they concern Petastorm's use of pyarrow, nothing a user can
+    change. Nothing else is filtered."""
+    import warnings
+
+    if os.environ.get("SKYCLASS_VERBOSE") == "1":
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r".*pyarrow\.")
+    warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
