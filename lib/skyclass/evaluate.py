@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from skyclass import lake, storage
+from skyclass.calibration import adjust_probabilities, trust_summary
 from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics, write_predictions
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
@@ -60,7 +61,8 @@ ROC_PLOT_MAX_ROWS = 200_000
 # Rows handed to a Keras model at once (decoded 64 px images: ~50 MB of float32 per 1,000 rows).
 PREDICT_CHUNK_ROWS = 1024
 MODE_TITLES = {"tabular": "Tabular network", "image": "Image network", "multimodal": "Multimodal network"}
-SCORED_SCHEMA = "objid long, label int, prediction int, scores array<double>, cutout_used boolean, r double"
+SCORED_SCHEMA = ("objid long, label int, prediction int, scores array<double>, cutout_used boolean, r double, "
+                 "raw_scores array<double>, domain string, domain_score double")
 # Per-object test predictions of every model (objid, label, prediction), under the report folder.
 PREDICTIONS_FOLDER = "predictions"
 # Edges of the r-magnitude bins of the accuracy-by-magnitude table and figure (open-ended below and above): SDSS
@@ -140,7 +142,9 @@ def evaluate(spark, conf) -> EvaluationResult:
             _check_classes(package, path, class_names)
             simulated = simulated_result(table_stats, package.mode, package.metadata)
             entry = evaluate_package(spark, path, package, test_df, class_names, batch_rows=conf.score.batch_rows,
-                                     simulated=simulated, out_dir=out_dir, figures=figures)
+                                     simulated=simulated, out_dir=out_dir, figures=figures,
+                                     target_mix=conf.score.class_priors if isinstance(conf.score.class_priors,
+                                                                                     Mapping) else None)
             entry["headline"] = path == headline_path
             results.append(entry)
             log.info("evaluated package %s (%s, %s): accuracy %.4f", package.version, package.mode,
@@ -282,7 +286,7 @@ def other_packages(models_dir: str, headline) -> list:
 
 
 def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[str], *, batch_rows: int,
-                     simulated: bool, out_dir: str, figures: list) -> dict:
+                     simulated: bool, out_dir: str, figures: list, target_mix=None) -> dict:
     """Score the test split with one package, compute its metrics in Spark and draw its figures.
 
     Parameters
@@ -302,6 +306,8 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
         Report folder for the PNGs.
     figures : list
         Figure entries (``file``, ``caption``, ``simulated``) are appended to it.
+    target_mix : mapping, optional
+        Class mix the prior-shift check resamples the split to (default ``calibration.EVALUATION_MIX``).
 
     Returns
     -------
@@ -323,6 +329,7 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
         if package.mode != "tabular":
             rows_without_cutout = scored.where("NOT cutout_used").count()
         sample = _roc_sample(scored)
+        trust_rows = _trust_sample(scored)
     finally:
         scored.unpersist()
     entry = {"key": key, "kind": "network", "title": title, "mode": package.mode,
@@ -334,6 +341,14 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
 
     def add(file: str, caption: str, is_simulated: bool) -> None:
         figures.append({"file": file, "caption": caption, "simulated": is_simulated})
+
+    # Issue 12: calibration before/after, in/out of domain, prior shift.
+    entry["trust"] = _trust_entry(trust_rows, package, class_names, target_mix)
+    plots.plot_reliability(entry["trust"]["before"]["reliability"], entry["trust"]["after"]["reliability"],
+                           os.path.join(out_dir, f"reliability_{key}.png"), title=f"Reliability: {label}",
+                           simulated=simulated)
+    add(f"reliability_{key}.png", f"Reliability diagram per class, before and after calibration — {title} "
+        f"{package.version} [{package.feature_set}]", simulated)
 
     plots.plot_confusion_matrix(metrics["confusion_matrix"], class_names, os.path.join(out_dir, f"confusion_{key}.png"),
                                 title=f"Confusion matrix: {label}", simulated=simulated)
@@ -394,6 +409,7 @@ def score_test_split(test_df, path: str, package, *, batch_rows: int):
     # r travels along for the accuracy-by-magnitude table, whether or not the package uses it.
     if "r" in test_df.columns and "r" not in columns:
         columns.append("r")
+    columns += [m for m in lake.MAGNITUDES if m in test_df.columns and m not in columns]  # for the domain check
     return test_df.select(*columns).mapInPandas(_PackageScorer(path, batch_rows), SCORED_SCHEMA)
 
 
@@ -476,10 +492,17 @@ class _PackageScorer:
 
     def __call__(self, frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         package, main_model, tabular_model = _load_models(self.path)
+        reference = package.domain_reference()
         for frame in frames:
             for start in range(0, len(frame), self.batch_rows):
                 chunk = frame.iloc[start:start + self.batch_rows]
-                proba, cutout_used = predict_proba(package, main_model, tabular_model, chunk)
+                raw, cutout_used = predict_proba(package, main_model, tabular_model, chunk)
+                # Issue 12: calibrated probabilities and in-domain flags, as skyclass score writes them.
+                proba = adjust_probabilities(raw, cutout_used if package.mode != "tabular" else None,
+                                             package.metadata.get("calibration"))
+                domain, domain_score = (reference.assess(chunk, standardise(chunk, package.features,
+                                                                            package.normalisation))
+                                        if reference is not None else (None, np.nan))
                 yield pd.DataFrame({
                     "objid": chunk["objid"].to_numpy(dtype=np.int64),
                     "label": chunk["label"].to_numpy(dtype=np.int32),
@@ -488,6 +511,8 @@ class _PackageScorer:
                     "cutout_used": cutout_used,
                     "r": (pd.to_numeric(chunk["r"], errors="coerce").to_numpy(dtype=np.float64)
                           if "r" in chunk.columns else np.full(len(chunk), np.nan)),
+                    "raw_scores": list(raw.astype(np.float64)), "domain": domain,
+                    "domain_score": np.asarray(domain_score, dtype=np.float64) * np.ones(len(chunk)),
                 })
 
 
@@ -627,6 +652,27 @@ def _check_classes(package, path: str, class_names: Sequence[str]) -> None:
 
 def _has_curves(history: Mapping) -> bool:
     return any(isinstance(v, (list, tuple)) and len(v) > 0 for v in history.values())
+
+
+def _trust_sample(scored) -> pd.DataFrame:
+    # Like the ROC sample: the calibration measures need the probabilities themselves (at most ROC_PLOT_MAX_ROWS).
+    n = scored.count()
+    frame = scored.select("label", "scores", "raw_scores", "domain", "r")
+    if n > ROC_PLOT_MAX_ROWS:
+        frame = frame.sample(fraction=ROC_PLOT_MAX_ROWS / n, seed=0)
+    return frame.toPandas()
+
+
+def _trust_entry(rows: pd.DataFrame, package, class_names: Sequence[str], target_mix) -> dict:
+    calibrated = np.stack(rows["scores"].to_numpy()) if len(rows) else np.zeros((0, len(class_names)))
+    raw = np.stack(rows["raw_scores"].to_numpy()) if len(rows) else calibrated
+    domain = rows["domain"].to_numpy(dtype=object) if rows["domain"].notna().any() else None
+    entry = trust_summary(rows["label"].to_numpy(), raw, calibrated, domain, rows["r"].to_numpy(dtype=np.float64),
+                          class_names, source_priors=package.calibration().source_priors, target_mix=target_mix)
+    entry["calibration"] = (package.metadata.get("calibration") or {}).get("main")
+    entry["domain_settings"] = {k: v for k, v in (package.metadata.get("domain") or {}).items()
+                                if k in ("k", "quantile", "threshold", "magnitude_quantiles", "reference_rows")}
+    return entry
 
 
 def _roc_sample(scored) -> pd.DataFrame:

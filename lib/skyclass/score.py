@@ -41,9 +41,11 @@ import numpy as np
 import pandas as pd
 
 from skyclass import lake, storage
+from skyclass.calibration import adjust_probabilities
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
 from skyclass.features import source_columns
+from skyclass.priors import ESTIMATE
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ STATUSES = (STATUS_OK, STATUS_NO_CUTOUT, STATUS_BAD_PHOTOMETRY)
 PROBABILITY_COLUMNS = {"GALAXY": "p_galaxy", "STAR": "p_star", "QSO": "p_qso"}
 _ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _EMPTY_DTYPES = {"objid": "int64", "predicted_class": "object", "p_galaxy": "float32", "p_star": "float32",
-                 "p_qso": "float32", "model_version": "object", "model_fingerprint": "object", "status": "object"}
+                 "p_qso": "float32", "model_version": "object", "model_fingerprint": "object", "status": "object",
+                 "domain": "object", "domain_score": "float32", "skyclass_version": "object",
+                 "data_release": "object", "scored_at": "datetime64[us, UTC]"}
 
 # Per Python worker: (package path, fingerprint) -> (main model, tabular model). The fingerprint, not the version:
 # a package retrained under the same version at the same path must not be served from the old weights.
@@ -80,6 +84,13 @@ class ScoringSpec:
     classes: tuple[str, ...]
     normalisation: Mapping[str, Mapping[str, float]]
     image_size_px: int
+    # Issue 12: the package's calibration and domain reference, the target priors, the run's provenance.
+    calibration: Optional[Mapping] = None
+    domain: Optional[object] = None  # skyclass.domain.DomainReference
+    class_priors: Optional[tuple[float, ...]] = None
+    skyclass_version: Optional[str] = None
+    data_release: Optional[str] = None
+    scored_at: Optional[str] = None  # ISO UTC
 
     @property
     def needs_images(self) -> bool:
@@ -92,7 +103,8 @@ class ScoringSpec:
                    fingerprint=str(package.fingerprint), mode=str(package.mode),
                    features=tuple(package.features), classes=tuple(package.classes),
                    normalisation={k: dict(v) for k, v in package.normalisation.items()},
-                   image_size_px=int(package.metadata.get("image_size_px") or 0))
+                   image_size_px=int(package.metadata.get("image_size_px") or 0),
+                   calibration=package.metadata.get("calibration"), domain=package.domain_reference())
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,9 @@ def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_mode
     else:
         image_ok = np.ones(n, dtype=bool)
         proba[:] = _predict(main_model, {"features": x})
+    # Issue 12: calibrated probabilities (re-weighted to score.class_priors) and in-domain flags.
+    proba = adjust_probabilities(proba, image_ok if spec.needs_images else None, spec.calibration, spec.class_priors)
+    domain, domain_score = spec.domain.assess(frame, x) if spec.domain is not None else (None, np.nan)
     status = np.where(~photometry_ok, STATUS_BAD_PHOTOMETRY, np.where(image_ok, STATUS_OK, STATUS_NO_CUTOUT))
     classes = np.asarray(spec.classes, dtype=object)
     out = pd.DataFrame({
@@ -204,6 +219,9 @@ def score_frame(frame: pd.DataFrame, spec: ScoringSpec, main_model, tabular_mode
     out["model_version"] = spec.version
     out["model_fingerprint"] = spec.fingerprint
     out["status"] = status
+    out["domain"], out["domain_score"] = domain, np.asarray(domain_score, dtype=np.float32)
+    out["skyclass_version"], out["data_release"] = spec.skyclass_version, spec.data_release
+    out["scored_at"] = pd.Timestamp(spec.scored_at) if spec.scored_at else pd.NaT
     return out[lake.PREDICTIONS.names]
 
 
@@ -379,6 +397,7 @@ def score_catalog(spark, conf) -> ScoreResult:
 
     spec = ScoringSpec.from_package(ModelPackage.load(package_path), package_path)
     _check_spec(spec)
+    spec = with_run_provenance(spec, conf)
     catalog_path = conf.lake.table(conf.score.catalog)
     if not storage.table_exists(catalog_path):
         hint = "skyclass extract --photometric" if conf.score.catalog == "photometric" else "skyclass extract"
@@ -434,6 +453,10 @@ def score_catalog(spark, conf) -> ScoreResult:
     scored = (scored.withColumn("_rank", rank).groupBy("objid")
               .agg(F.min_by(F.struct(*names), F.col("_rank")).alias("p")).select("p.*"))
     night = scored
+    prior_estimate = None
+    if conf.score.class_priors == ESTIMATE:
+        scored, prior_estimate = estimate_and_apply_priors(scored.persist(), spec)
+        night = scored
     if storage.table_exists(night_path):
         # Rows of an earlier run of this night for objects not scored now stay; the rest are replaced.
         kept = (spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(storage.spark_uri(night_path))
@@ -445,8 +468,12 @@ def score_catalog(spark, conf) -> ScoreResult:
     try:
         log.info("scoring %d of %d objects of %s with model %s (%s, fingerprint %s) into %s", n_to_score, n_catalog,
                  conf.score.catalog, spec.version, spec.mode, spec.fingerprint, night_path)
-        replace_partition(spark, predictions_root, run_date, lambda staging: night.write.parquet(staging))
+        replace_partition(spark, predictions_root, run_date, lambda staging: (
+            night.write.parquet(staging),
+            lake.write_provenance(staging, night_provenance(conf, spec, catalog_path, n_to_score, prior_estimate))))
     finally:
+        if prior_estimate is not None:
+            scored.unpersist()
         if previous_batch is None:
             spark.conf.unset(_ARROW_BATCH_KEY)
         else:
@@ -485,3 +512,101 @@ def _check_spec(spec: ScoringSpec) -> None:
                          f"(known: {', '.join(lake.PAPER_FEATURES)})")
     if spec.needs_images and spec.image_size_px <= 0:
         raise ScoreError(f"model {spec.version} is a {spec.mode} model but its metadata.json has no image_size_px")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 12: target priors and provenance of a night.
+
+def data_release(conf, catalog_path: Optional[str] = None) -> Optional[str]:
+    """The SDSS data release of the scored catalog: its ``_provenance.json``'s ``data_release`` when the builder
+    recorded one, else the release segment of ``skyserver.url`` (``…/dr17`` → ``dr17``), else None."""
+    if catalog_path:
+        try:
+            recorded = (lake.read_provenance(catalog_path) or {}).get("data_release")
+        except ValueError:
+            recorded = None
+        if recorded:
+            return str(recorded)
+    last = conf.skyserver.url.rstrip("/").rpartition("/")[2]
+    return last.lower() if re.fullmatch(r"dr\d+", last, re.IGNORECASE) else None
+
+
+def with_run_provenance(spec: ScoringSpec, conf, now: Optional[datetime] = None) -> ScoringSpec:
+    """``spec`` with this run's target priors (``score.class_priors`` given as a mix), skyclass version, data
+    release and UTC scoring instant (``now``, injectable for tests)."""
+    import dataclasses
+
+    from skyclass.package import code_version
+    from skyclass.priors import resolve_target
+
+    instant = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return dataclasses.replace(spec, class_priors=resolve_target(conf.score.class_priors, spec.classes),
+                               skyclass_version=code_version(),
+                               data_release=data_release(conf, conf.lake.table(conf.score.catalog)),
+                               scored_at=instant.isoformat(timespec="microseconds"))
+
+
+def estimate_and_apply_priors(scored, spec: ScoringSpec):
+    """``score.class_priors: estimate``: the EM prior estimate over the run's in-domain rows with usable photometry
+    (Spark aggregations, :func:`skyclass.priors.estimate_priors_spark`), then every row re-weighted to it and its
+    predicted class recomputed -- column expressions, no Python.
+
+    Rows scored by the tabular fallback are re-weighted with the main model's source priors too (the two
+    validation mixes differ only by the objects without a cutout).
+
+    Returns
+    -------
+    (pyspark.sql.DataFrame, dict)
+        The re-weighted rows and the estimate (``priors`` by class, ``iterations``, ``converged``, ``rows``).
+    """
+    from pyspark.sql import functions as F
+
+    from skyclass.calibration import Calibration
+    from skyclass.priors import estimate_priors_spark, reweight_columns
+
+    source = Calibration.from_dict((spec.calibration or {}).get("main")).source_priors
+    if source is None:
+        raise ScoreError(f"score.class_priors=estimate needs a calibrated package (its validation class mix); model "
+                         f"{spec.version} has none: retrain it, or set score.class_priors to a mix or null")
+    columns = [PROBABILITY_COLUMNS[c] for c in spec.classes]
+    usable = scored.where((F.col("status") != STATUS_BAD_PHOTOMETRY)
+                          & (F.col("domain").isNull() | (F.col("domain") == "in")))
+    estimate = estimate_priors_spark(usable, columns, source)
+    estimate["rows"] = int(usable.count())
+    estimate["priors"] = dict(zip(spec.classes, estimate["priors"]))
+    estimate["source_priors"] = dict(zip(spec.classes, source))
+    log.info("estimated class priors of the night (EM, %d iterations, %d rows): %s", estimate["iterations"],
+             estimate["rows"], estimate["priors"])
+    new = reweight_columns(columns, source, list(estimate["priors"].values()))
+    out = scored
+    for column, value in zip(columns, new):
+        out = out.withColumn(column, value.cast("float"))
+    best = F.greatest(*(F.col(c) for c in columns))
+    predicted = F.lit(None).cast("string")
+    for name, column in reversed(list(zip(spec.classes, columns))):
+        predicted = F.when(F.col(column) == best, F.lit(name)).otherwise(predicted)
+    return out.withColumn("predicted_class", predicted).select(*lake.PREDICTIONS.names), estimate
+
+
+def night_provenance(conf, spec: ScoringSpec, catalog_path: str, n_scored: int, prior_estimate) -> dict:
+    """The night partition's ``_provenance.json``: builder, versions, the config, the input tables' snapshots
+    (path and their own provenance) and the prior estimate."""
+    inputs = {"catalog": {"path": catalog_path, "provenance": _safe_provenance(catalog_path)},
+              "model_package": {"path": spec.package_path, "version": spec.version,
+                                "fingerprint": spec.fingerprint}}
+    if spec.needs_images:
+        cutouts_path = conf.lake.table("cutouts")
+        inputs["cutouts"] = {"path": cutouts_path, "provenance": _safe_provenance(cutouts_path)}
+    return {"builder": "skyclass score", "version": spec.skyclass_version, "created_at": spec.scored_at,
+            "data_release": spec.data_release, "rows_scored": int(n_scored), "config": conf.to_dict(),
+            "class_priors": {"setting": conf.score.class_priors,
+                             "applied": dict(zip(spec.classes, spec.class_priors)) if spec.class_priors else None,
+                             "estimate": prior_estimate},
+            "inputs": inputs}
+
+
+def _safe_provenance(path: str):
+    try:
+        return lake.read_provenance(path)
+    except ValueError as err:
+        return {"unreadable": str(err)}
