@@ -1,0 +1,135 @@
+"""Calibration: temperature scaling against a logit set whose optimal temperature is known in closed form, the
+measures (ECE, Brier, reliability, confidence table) against hand-counted values, and per-model application."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from skyclass.calibration import (Calibration, CalibrationError, adjust_probabilities, brier_score,
+                                  confidence_table, expected_calibration_error, fit_calibration, fit_temperature,
+                                  reliability_curve, softmax, trust_summary)
+
+
+def known_temperature_set(logit: float = 4.0, right: int = 800, wrong: int = 200):
+    """Every row has logits (L, 0, 0); ``right`` rows are class 0, the others split over classes 1 and 2.
+
+    The log-loss of softmax(z / T) is then that of one probability p0 = e^(L/T) / (e^(L/T) + 2) for all rows, which
+    is minimal at p0 = right / (right + wrong); so e^(L/T) = 2 f / (1 - f) and T = L / ln(2 f / (1 - f)).
+    """
+    logits = np.tile([logit, 0.0, 0.0], (right + wrong, 1))
+    labels = np.array([0] * right + [1] * (wrong // 2) + [2] * (wrong - wrong // 2))
+    f = right / (right + wrong)
+    return logits, labels, logit / math.log(2 * f / (1 - f))
+
+
+def test_temperature_is_the_closed_form_optimum():
+    logits, labels, expected = known_temperature_set()
+    assert expected == pytest.approx(1.9236, abs=1e-4)  # 4 / ln 8
+    assert fit_temperature(logits, labels) == pytest.approx(expected, rel=1e-6)
+
+
+def test_an_under_confident_set_gets_a_temperature_below_one():
+    logits, labels, expected = known_temperature_set(logit=1.0, right=950, wrong=50)
+    assert expected < 1
+    assert fit_temperature(logits, labels) == pytest.approx(expected, rel=1e-6)
+
+
+def test_temperature_from_probabilities_gives_the_same_optimum():
+    # Calibration is fitted on the networks' softmax outputs: their logarithms differ from the logits by a per-row
+    # constant, which softmax ignores.
+    logits, labels, expected = known_temperature_set()
+    calibration = fit_calibration(softmax(logits), labels, 3, allow_vector=False)
+    assert calibration.method == "temperature"
+    assert calibration.temperature == pytest.approx(expected, rel=1e-5)
+    after = calibration.apply(softmax(logits))
+    np.testing.assert_allclose(after[:, 0], 0.8, atol=1e-5)
+    assert calibration.source_priors == pytest.approx((0.8, 0.1, 0.1))
+
+
+def test_constant_logits_are_refused():
+    with pytest.raises(CalibrationError, match="constant"):
+        fit_temperature(np.zeros((10, 3)), np.zeros(10, int))
+    with pytest.raises(CalibrationError, match="labels"):
+        fit_temperature(np.ones((2, 3)), np.array([0, 3]))
+
+
+def test_ece_and_brier_by_hand():
+    proba = np.array([[0.95, 0.05, 0.0],   # top 0.95, right
+                      [0.95, 0.0, 0.05],   # top 0.95, wrong (label 2)
+                      [0.1, 0.5, 0.4],     # top 0.5, right
+                      [0.3, 0.3, 0.4]])    # top 0.4, right
+    labels = np.array([0, 2, 1, 2])
+    # Bins of width 1/15: 0.95 -> bin 14 (accuracy 0.5, confidence 0.95), 0.5 -> bin 7, 0.4 -> bin 5.
+    expected_ece = (2 * abs(0.5 - 0.95) + abs(1 - 0.5) + abs(1 - 0.4)) / 4
+    assert expected_calibration_error(proba, labels) == pytest.approx(expected_ece)
+    expected_brier = np.mean([0.05 ** 2 + 0.05 ** 2, 0.95 ** 2 + 0.95 ** 2, 0.1 ** 2 + 0.5 ** 2 + 0.4 ** 2,
+                              0.3 ** 2 + 0.3 ** 2 + 0.6 ** 2])
+    assert brier_score(proba, labels) == pytest.approx(expected_brier)
+
+
+def test_reliability_curve_and_confidence_table_by_hand():
+    proba = np.array([[0.995, 0.005, 0.0], [0.93, 0.07, 0.0], [0.92, 0.08, 0.0], [0.6, 0.4, 0.0],
+                      [0.1, 0.9, 0.0]])
+    labels = np.array([0, 0, 1, 0, 1])
+    curve = {round(b["lo"] * 15): b for b in reliability_curve(proba, labels, 0)}
+    # p(GALAXY) 0.995, 0.93, 0.92 fall in bin 13 or 14: floor(p * 15) = 14, 13, 13.
+    assert curve[13]["n"] == 2 and curve[13]["frequency"] == pytest.approx(0.5)
+    assert curve[14]["n"] == 1 and curve[14]["mean_p"] == pytest.approx(0.995)
+    table = confidence_table(proba, labels, ["GALAXY", "STAR", "QSO"])
+    galaxy = table["GALAXY"]
+    assert galaxy["predicted"] == 4
+    assert galaxy["p>0.9"] == {"n": 3, "share": 0.75, "precision": pytest.approx(2 / 3)}
+    assert galaxy["p>0.99"] == {"n": 1, "share": 0.25, "precision": 1.0}
+    assert table["STAR"]["p>0.9"]["n"] == 0  # 0.9 is not above 0.9
+    assert table["QSO"]["predicted"] == 0 and table["QSO"]["p>0.9"]["share"] is None
+
+
+def test_fitted_calibration_removes_over_confidence_without_changing_decisions():
+    rng = np.random.default_rng(3)
+    true_logits = rng.normal(size=(20_000, 3)) * 2.0
+    labels = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+    over_confident = softmax(true_logits * 3.0)
+    calibration = fit_calibration(over_confident, labels, 3)
+    assert calibration.temperature == pytest.approx(3.0, rel=0.05)
+    after = calibration.apply(over_confident)
+    assert expected_calibration_error(over_confident, labels) > 0.1
+    assert expected_calibration_error(after, labels) < 0.015
+    if calibration.method == "temperature":
+        np.testing.assert_array_equal(after.argmax(axis=1), over_confident.argmax(axis=1))
+
+
+def test_vector_scaling_is_chosen_only_when_it_helps():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(8_000, 3)) * 2.0
+    labels = np.array([rng.choice(3, p=p) for p in softmax(logits)])
+    # A model that under-rates class 2 by a constant: a bias fixes it, a temperature cannot.
+    biased = softmax(logits - np.array([0.0, 0.0, 1.5]))
+    assert fit_calibration(biased, labels, 3).method == "vector"
+    assert fit_calibration(softmax(logits * 2.0), labels, 3).method == "temperature"
+
+
+def test_each_row_gets_the_calibration_of_the_model_that_scored_it():
+    proba = np.array([[0.7, 0.2, 0.1], [0.7, 0.2, 0.1]], dtype=np.float32)
+    stored = {"main": Calibration("temperature", 2.0).to_dict(), "tabular": Calibration("temperature", 0.5).to_dict()}
+    out = adjust_probabilities(proba, np.array([True, False]), stored)
+    z = np.log(proba[0])
+    np.testing.assert_allclose(out[0], np.exp(z / 2) / np.exp(z / 2).sum(), rtol=1e-5)
+    np.testing.assert_allclose(out[1], np.exp(z * 2) / np.exp(z * 2).sum(), rtol=1e-5)
+    # No calibration stored (a package from before calibration): probabilities pass unchanged.
+    np.testing.assert_allclose(adjust_probabilities(proba, None, None), proba)
+    with pytest.raises(CalibrationError, match="unknown calibration method"):
+        Calibration.from_dict({"method": "isotonic"})
+
+
+def test_trust_summary_reports_domain_accuracy_on_the_faint_slice():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    proba = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.9 + 0.1 / 3
+    domain = np.array(["in", "far_from_training", "in", "outside_magnitudes", "in", "far_from_training"], object)
+    r = np.array([19.0, 21.0, 21.5, 22.0, 18.0, 20.5])
+    summary = trust_summary(labels, proba, proba, domain, r, ["GALAXY", "STAR", "QSO"], source_priors=None)
+    faint = summary["domain"]["faint"]  # rows 1, 2, 3, 5: in = row 2 (right); out = 1 (wrong), 3 (right), 5 (wrong)
+    assert faint["rows"] == 4 and faint["in_share"] == 0.25
+    assert faint["in_accuracy"] == 1.0 and faint["out_accuracy"] == pytest.approx(1 / 3)
+    assert summary["domain"]["all"]["reasons"] == {"in": 3, "outside_magnitudes": 1, "far_from_training": 2}
