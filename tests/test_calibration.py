@@ -133,3 +133,25 @@ def test_trust_summary_reports_domain_accuracy_on_the_faint_slice():
     assert faint["rows"] == 4 and faint["in_share"] == 0.25
     assert faint["in_accuracy"] == 1.0 and faint["out_accuracy"] == pytest.approx(1 / 3)
     assert summary["domain"]["all"]["reasons"] == {"in": 3, "outside_magnitudes": 1, "far_from_training": 2}
+
+
+def test_reliability_figure_is_a_png_and_says_when_it_is_simulated(tmp_path):
+    from PIL import Image
+
+    from skyclass import plots
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 500)
+    proba = softmax(rng.normal(size=(500, 3)) * 3)
+    names = ["GALAXY", "STAR", "QSO"]
+    curves = {n: reliability_curve(proba, labels, c) for c, n in enumerate(names)}
+    real = plots.plot_reliability(curves, curves, tmp_path / "real.png", title="reliability")
+    simulated = plots.plot_reliability(curves, curves, tmp_path / "sim.png", title="reliability", simulated=True)
+    with Image.open(real) as a, Image.open(simulated) as b:
+        assert a.format == "PNG" and a.size == b.size
+        red = np.asarray(b.convert("RGB"))
+        # The SIMULATED banner's pure red (#cc0000) is in the simulated figure only.
+        assert ((red == [204, 0, 0]).all(axis=2)).sum() > 100
+        assert ((np.asarray(a.convert("RGB")) == [204, 0, 0]).all(axis=2)).sum() == 0
+    with pytest.raises(ValueError, match="at least one class"):
+        plots.plot_reliability({}, {}, tmp_path / "x.png", title="t")

@@ -56,15 +56,18 @@ def test_threshold_is_the_quantile_of_training_objects_own_distances():
 
 def test_fixture_objects_inside_and_outside_the_stored_coverage():
     reference, threshold = _reference()
-    frame = pd.DataFrame({b: [18.0, 21.5, 18.0, -9999.0, 15.9] for b in BANDS})
+    frame = pd.DataFrame({b: [18.0, 21.5, 18.0, -9999.0, 15.9, 21.5] for b in BANDS})
     frame.loc[4, "r"] = 18.0  # only the u..z other than r at 15.9: still outside
     x = np.array([[0.05, 0.05],   # in the middle of the grid
                   [0.0, 0.0],     # r = 21.5: fainter than any training object
                   [3.0, 3.0],     # magnitudes fine, features far from every training object
                   [0.0, 0.0],     # a sentinel magnitude
-                  [0.0, 0.0]], dtype=np.float32)
+                  [0.0, 0.0],
+                  [3.0, 3.0]],    # both outside and far: the first reason, magnitudes, is named
+                 dtype=np.float32)
     domain, score = reference.assess(frame, x)
-    assert domain.tolist() == ["in", OUTSIDE_MAGNITUDES, FAR_FROM_TRAINING, OUTSIDE_MAGNITUDES, OUTSIDE_MAGNITUDES]
+    assert domain.tolist() == ["in", OUTSIDE_MAGNITUDES, FAR_FROM_TRAINING, OUTSIDE_MAGNITUDES, OUTSIDE_MAGNITUDES,
+                               OUTSIDE_MAGNITUDES]
     grid = reference.reference
     np.testing.assert_allclose(score, brute_kth(x, grid, 4) / threshold, rtol=1e-4)
     assert score[0] < 1 < score[2]

@@ -33,6 +33,9 @@ def test_reweighting_is_bayes_rule():
     out = reweight(np.array([[POSTERIOR_A[0], 1 - POSTERIOR_A[0]]]), SOURCE, (0.7, 0.3))
     assert out[0, 0] == pytest.approx(0.63 / 0.69)
     assert out.sum() == pytest.approx(1.0)
+    # From unequal source priors (0.2, 0.8): P(A | x=0) = 0.18 / 0.34, and to (0.7, 0.3) it is again 0.63 / 0.69.
+    out = reweight(np.array([[0.18 / 0.34, 0.16 / 0.34]]), (0.2, 0.8), (0.7, 0.3))
+    assert out[0, 0] == pytest.approx(0.63 / 0.69)
     with pytest.raises(PriorsError, match="positive"):
         reweight(out, (0.0, 1.0), (0.5, 0.5))
 
