@@ -222,3 +222,23 @@ def test_a_scored_night_carries_calibration_domain_priors_and_provenance(spark, 
                                reweight(tempered, (0.5, 0.3, 0.2), em), atol=1e-4)
     assert (estimated["predicted_class"].to_numpy()
             == np.asarray(CLASSES)[reweight(tempered, (0.5, 0.3, 0.2), em).argmax(axis=1)]).all()
+
+
+def test_demo_counts_classes_over_all_and_in_domain_objects(spark, tmp_path):
+    from skyclass.demo import domain_class_counts, format_domain_counts
+
+    rows = pd.DataFrame({"objid": np.arange(7, dtype=np.int64),
+                         "predicted_class": ["QSO", "QSO", "QSO", "STAR", "GALAXY", "GALAXY", None],
+                         "domain": ["in", OUTSIDE_MAGNITUDES, OUTSIDE_MAGNITUDES, "in", FAR_FROM_TRAINING, "in",
+                                    None]})
+    for column in lake.PREDICTIONS.names:
+        if column not in rows:
+            rows[column] = "x" if column in ("model_version", "status") else None
+    path = tmp_path / "run_date=2024-01-01"
+    spark.createDataFrame(rows[lake.PREDICTIONS.names], schema=lake.PREDICTIONS.spark_schema()).write.parquet(
+        str(path))
+    counts = domain_class_counts(spark, str(path))
+    assert counts == {"all": {"QSO": 3, "STAR": 1, "GALAXY": 2, "none": 1},
+                      "in_domain": {"QSO": 1, "STAR": 1, "GALAXY": 1, "none": 0}}
+    text = format_domain_counts(counts)
+    assert "3 of 7 objects" in text and "QSO     all       3" in text
