@@ -376,6 +376,9 @@ def fit_package_calibration(main: Mapping, tabular: Mapping, classes: Sequence[s
     """
     out = {}
     for which, phase in (("main", main), ("tabular", tabular)):
+        if which == "tabular" and tabular is main:  # a tabular package: one model, one fit
+            out[which] = out["main"]
+            continue
         inputs = phase.get("calibration_inputs") or {}
         proba, labels = inputs.get("proba"), inputs.get("labels")
         if proba is None or len(proba) == 0:
