@@ -274,7 +274,9 @@ class DomainConfig:
     k: int = 10  # the k-th nearest training neighbour's distance is the domain score
     quantile: float = 0.99  # threshold: this quantile of training objects' own (leave-one-out) distances
     magnitude_quantiles: Sequence[float] = (0.005, 0.995)  # per-band coverage of the training split
-    reference_rows: int = 5000  # training objects kept as the nearest-neighbour reference
+    # Training objects kept as the nearest-neighbour reference; the distance matrix (rows x reference_rows) is the
+    # cost of the check at scoring time, so it stays small.
+    reference_rows: int = 2000
 
     def validate(self, where: str) -> None:
         _positive(self.k, f"{where}.k")
