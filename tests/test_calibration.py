@@ -155,3 +155,31 @@ def test_reliability_figure_is_a_png_and_says_when_it_is_simulated(tmp_path):
         assert ((np.asarray(a.convert("RGB")) == [204, 0, 0]).all(axis=2)).sum() == 0
     with pytest.raises(ValueError, match="at least one class"):
         plots.plot_reliability({}, {}, tmp_path / "x.png", title="t")
+
+
+@pytest.mark.slow  # a Spark job with Keras in the Python workers: 1-5 minutes on the shared machine
+def test_evaluation_scores_are_calibrated_and_flagged_like_scoring(spark, tmp_path):
+    from skyclass.evaluate import score_test_split
+    from skyclass.package import ModelPackage
+    from test_domain import _trusted_package
+    from test_score import FEATURES, hand_features
+
+    rng = np.random.default_rng(8)
+    mags = {b: rng.uniform(15, 22, 300) for b in ("u", "g", "r", "i", "z")}
+    frame = __import__("pandas").DataFrame({"objid": np.arange(300, dtype=np.int64),
+                                            "label": rng.integers(0, 3, 300).astype(np.int32), **mags})
+    for colour in ("u_g", "g_r", "r_i", "i_z"):
+        blue, red = colour.split("_")
+        frame[colour] = frame[blue] - frame[red]
+    path, model, reference = _trusted_package(tmp_path / "models", frame)
+    package = ModelPackage.load(path)
+    scored = score_test_split(spark.createDataFrame(frame), path, package, batch_rows=64).toPandas() \
+        .set_index("objid").loc[frame["objid"]]
+    x = hand_features(frame)
+    raw = model.predict({"features": x}, verbose=0).astype(np.float64)
+    tempered = np.exp(np.log(np.clip(raw, 1e-7, 1)) / 2.0)  # the package's T = 2
+    tempered /= tempered.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(np.stack(scored["raw_scores"].to_numpy()), raw, atol=1e-5)
+    np.testing.assert_allclose(np.stack(scored["scores"].to_numpy()), tempered, atol=1e-5)
+    assert scored["domain"].tolist() == reference.assess(frame, x)[0].tolist()
+    assert len(FEATURES) == x.shape[1]
