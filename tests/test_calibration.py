@@ -183,3 +183,22 @@ def test_evaluation_scores_are_calibrated_and_flagged_like_scoring(spark, tmp_pa
     np.testing.assert_allclose(np.stack(scored["scores"].to_numpy()), tempered, atol=1e-5)
     assert scored["domain"].tolist() == reference.assess(frame, x)[0].tolist()
     assert len(FEATURES) == x.shape[1]
+
+
+def test_report_renders_the_trust_section():
+    from skyclass.report import trust_section
+
+    rng = np.random.default_rng(9)
+    labels = rng.integers(0, 3, 600)
+    raw = softmax(np.eye(3)[labels] * 4 + rng.normal(size=(600, 3)) * 2)
+    calibrated = Calibration("temperature", 1.7).apply(raw)
+    domain = np.where(rng.random(600) < 0.8, "in", "far_from_training").astype(object)
+    summary = trust_summary(labels, raw, calibrated, domain, rng.uniform(17, 22, 600), ["GALAXY", "STAR", "QSO"],
+                            source_priors=(1 / 3, 1 / 3, 1 / 3))
+    summary["calibration"] = Calibration("temperature", 1.7).to_dict()
+    text = "\n".join(trust_section(summary, ["GALAXY", "STAR", "QSO"]))
+    assert f"| before calibration | {summary['before']['ece']:.4f} | {summary['before']['brier']:.4f} |" in text
+    assert f"| after calibration | {summary['after']['ece']:.4f} |" in text
+    assert "T = 1.7000" in text and "| r > 20 |" in text and "re-weighted to the EM estimate" in text
+    assert summary["priors"]["mix"] == {"GALAXY": 0.6, "STAR": 0.2, "QSO": 0.2}
+    assert trust_section(None, ["GALAXY"]) == []
