@@ -8,7 +8,11 @@ Targets on the test split (hash split of ``split.salt``):
 
 * photometric: accuracy >= 0.935 and QSO F1 >= 0.915;
 * paper (with redshift): accuracy >= 0.990 and QSO F1 >= 0.980;
-* on each feature set the network beats the best MLlib baseline on accuracy.
+* on each feature set the network beats the best MLlib baseline on accuracy;
+* trust (photometric network, issue 12): expected calibration error <= 0.01 after calibration; on the faint slice
+  (r > 20), objects flagged in domain classified at least 0.10 more accurately than the rest, with at least 60% of
+  the slice kept in domain. Also reported: Brier before/after, share and precision above p > 0.9 / 0.99 per class,
+  in/out-of-domain accuracy and coverage on the whole split.
 
 Writes bench-results/accuracy.json and bench-results/accuracy.md, and the evaluation report (report.md,
 report.json, figures) to bench-results/accuracy-report/. Exit status 0 when every target is met, 1 otherwise.
@@ -36,6 +40,7 @@ DEFAULT_CSV = ROOT.parent / "shared" / "data" / "sdss" / "labelled.csv"
 TARGETS = {"photometric": {"accuracy": 0.935, "QSO_f1": 0.915},
            "paper": {"accuracy": 0.990, "QSO_f1": 0.980}}
 # What a well-tuned gradient-boosting model reaches on such data (for the report; not a pass/fail line).
+TRUST_TARGETS = {"ece_after": 0.01, "faint_accuracy_gain": 0.10, "faint_in_share": 0.60}
 REFERENCE_GBT = {"photometric": {"accuracy": 0.927, "QSO_f1": 0.906}, "paper": {"accuracy": 0.986, "QSO_f1": 0.975}}
 
 # Training settings for this benchmark (overridable with --set). Found by training the real jobs on the real
@@ -130,6 +135,9 @@ def main(argv=None) -> int:
         spark.stop()
 
     summary = summarise(evaluated.report, args.feature_sets)
+    if summary.get("trust") is not None:
+        summary["trust"]["scoring_cost"] = scoring_cost(packages.get("photometric") or headline,
+                                                        conf.lake.path("root"))
     summary.update({
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "csv": str(csv), "report": str(report_dir / "report.md"),
@@ -167,8 +175,35 @@ def summarise(report: dict, feature_sets) -> dict:
         row["checks"] = checks
         row["passed"] = bool(checks) and all(checks.values()) and network is not None
         rows[feature_set] = row
-    return {"feature_sets": rows, "passed": all(r["passed"] for r in rows.values()),
+    trust = summarise_trust(by_key.get("tabular-photometric") or by_key.get(report["headline"]))
+    return {"feature_sets": rows, "trust": trust,
+            "passed": all(r["passed"] for r in rows.values()) and bool(trust and trust["passed"]),
             "test_rows": report["test_rows"], "test_class_counts": report["test_class_counts"]}
+
+
+def summarise_trust(entry) -> dict | None:
+    """Calibration and domain figures of one network's report entry, with the issue-12 checks."""
+    trust = (entry or {}).get("trust")
+    if not trust:
+        return None
+    before, after = trust["before"], trust["after"]
+    out = {"model": entry["key"], "calibration": trust.get("calibration"),
+           "ece": {"before": before["ece"], "after": after["ece"]},
+           "brier": {"before": before["brier"], "after": after["brier"]},
+           "log_loss": {"before": before["log_loss"], "after": after["log_loss"]},
+           "confidence_after": after["confidence"], "domain": trust.get("domain"), "priors": trust.get("priors"),
+           "targets": TRUST_TARGETS}
+    checks = {"ece_after_target": after["ece"] <= TRUST_TARGETS["ece_after"]}
+    faint = (trust.get("domain") or {}).get("faint")
+    if faint and faint["in_accuracy"] is not None and faint["out_accuracy"] is not None:
+        out["faint_accuracy_gain"] = faint["in_accuracy"] - faint["out_accuracy"]
+        checks["faint_accuracy_gain_target"] = out["faint_accuracy_gain"] >= TRUST_TARGETS["faint_accuracy_gain"]
+        checks["faint_in_share_target"] = faint["in_share"] >= TRUST_TARGETS["faint_in_share"]
+    else:
+        checks["faint_slice_has_both_sides"] = False
+    out["checks"] = checks
+    out["passed"] = all(checks.values())
+    return out
 
 
 def _numbers(entry):
@@ -213,10 +248,84 @@ def render(summary: dict) -> str:
                          f"{_interval(n['QSO_f1_ci95'])} |")
         checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in row["checks"].items())
         lines += ["", _separation(row), "", "checks: " + (checks or "no network result"), ""]
+    lines += render_trust(summary.get("trust"))
     lines += ["## Run", "", "stage seconds: " + ", ".join(f"{k} {v}" for k, v in summary["stage_seconds"].items()),
               "", "training settings (conf.train): `" + json.dumps(summary["train_settings"]) + "`", "",
               "overrides: " + " ".join(f"`--set {o}`" for o in summary["overrides"]), ""]
     return "\n".join(lines)
+
+
+def scoring_cost(package_path: str, lake_root: str, batch_rows: int = 1024, max_rows: int = 20_000) -> dict:
+    """Objects/s of skyclass.score.score_frame (one process, batches of ``batch_rows``) on test-split rows, with the
+    package's domain check and without it (same calibration): what the in-domain flags cost at scoring time."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from skyclass import lake
+    from skyclass.package import ModelPackage
+    from skyclass.score import ScoringSpec, score_frame
+
+    package = ModelPackage.load(package_path)
+    spec = ScoringSpec.from_package(package, package_path)
+    model = package.load_model()
+    table = pq.read_table(lake.training_split_path(lake_root, "test"), columns=["objid", *lake.MAGNITUDES])
+    frame = table.to_pandas().iloc[:max_rows]
+    out = {"rows": len(frame), "batch_rows": batch_rows, "reference_rows": (package.metadata.get("domain") or {})
+           .get("reference_rows"), "k": (package.metadata.get("domain") or {}).get("k")}
+    for name, candidate in (("with_domain", spec), ("without_domain", dataclasses.replace(spec, domain=None))):
+        score_frame(frame.iloc[:batch_rows], candidate, model, model)  # warm-up: the first call traces the model
+        started = time.perf_counter()
+        for start in range(0, len(frame), batch_rows):
+            score_frame(frame.iloc[start:start + batch_rows], candidate, model, model)
+        out[f"{name}_objects_per_s"] = len(frame) / (time.perf_counter() - started)
+    return out
+
+
+def render_trust(trust) -> list[str]:
+    """The trust section of bench-results/accuracy.md."""
+    if not trust:
+        return ["## Trust (issue 12)", "", "no calibration/domain entry in the report (package from before them)", ""]
+    f = (lambda v, d=4: "n/a" if v is None else f"{v:.{d}f}")
+    calibration = trust.get("calibration") or {}
+    lines = [f"## Trust (issue 12): {trust['model']} — {'PASS' if trust['passed'] else 'FAIL'}", "",
+             f"calibration: {calibration.get('method')} (T = {f(calibration.get('temperature'))}), fitted on "
+             f"{(calibration.get('fitted_on') or {}).get('rows')} validation objects", "",
+             "| | before | after | target |", "|---|---:|---:|---:|",
+             f"| ECE (15 bins) | {f(trust['ece']['before'])} | {f(trust['ece']['after'])} | "
+             f"<= {TRUST_TARGETS['ece_after']} |",
+             f"| Brier | {f(trust['brier']['before'])} | {f(trust['brier']['after'])} | |",
+             f"| log-loss | {f(trust['log_loss']['before'])} | {f(trust['log_loss']['after'])} | |", "",
+             "| class | predicted | p>0.9 share | p>0.9 precision | p>0.99 share | p>0.99 precision |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in trust["confidence_after"].items():
+        a, b = row["p>0.9"], row["p>0.99"]
+        lines.append(f"| {name} | {row['predicted']} | {f(a['share'], 3)} | {f(a['precision'])} | "
+                     f"{f(b['share'], 3)} | {f(b['precision'])} |")
+    domain = trust.get("domain")
+    if domain:
+        lines += ["", "| slice | objects | kept in domain | accuracy in | accuracy out |", "|---|---:|---:|---:|---:|"]
+        for label, d in (("whole test split", domain["all"]), ("r > 20", domain["faint"])):
+            lines.append(f"| {label} | {d['rows']} | {f(d['in_share'], 3)} | {f(d['in_accuracy'])} | "
+                         f"{f(d['out_accuracy'])} |")
+        if "faint_accuracy_gain" in trust:
+            lines.append(f"\nr > 20: in-domain minus out-of-domain accuracy {trust['faint_accuracy_gain']:+.4f} "
+                         f"(target >= {TRUST_TARGETS['faint_accuracy_gain']}), kept {f(domain['faint']['in_share'], 3)} "
+                         f"(target >= {TRUST_TARGETS['faint_in_share']})")
+    priors = trust.get("priors")
+    if priors:
+        lines += ["", f"test split resampled to {priors['mix']} ({priors['rows']} objects): accuracy as calibrated "
+                  f"{f(priors['unweighted']['accuracy'])}, re-weighted to the true mix "
+                  f"{f(priors['true_mix']['accuracy'])}, to the EM estimate {f(priors['estimated']['accuracy'])} "
+                  f"(estimate {', '.join(f'{k} {v:.3f}' for k, v in priors['estimate'].items())})"]
+    cost = trust.get("scoring_cost")
+    if cost:
+        lines += ["", f"scoring cost (score_frame in one process, {cost['rows']} test objects, batches of "
+                  f"{cost['batch_rows']}, reference {cost['reference_rows']} objects, k = {cost['k']}): "
+                  f"{cost['with_domain_objects_per_s']:,.0f} objects/s with the domain check, "
+                  f"{cost['without_domain_objects_per_s']:,.0f} without"]
+    checks = ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in trust["checks"].items())
+    return lines + ["", "checks: " + checks, ""]
 
 
 def _interval(interval) -> str:

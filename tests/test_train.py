@@ -355,7 +355,12 @@ def test_multimodal_training_on_two_horovod_processes(spark, conf_for, tmp_path)
     assert meta["simulated_images"] is True and meta["simulated_catalog"] is False
     assert meta["lake_snapshot"]["cutout_sources"] == stats["cutout_sources"]
     assert pkg.fingerprint.startswith("sha256:")
-    assert sorted(os.listdir(result.path)) == ["curves.png", "metadata.json", "model.keras", "tabular.keras"]
+    assert sorted(os.listdir(result.path)) == ["curves.png", "domain_reference.npz", "metadata.json", "model.keras",
+                                               "tabular.keras"]
+    # Calibrated on the validation split, one fit per model; the domain reference came from the training split.
+    assert meta["calibration"]["main"]["fitted_on"]["rows"] == meta["validation"]["objects"]
+    assert meta["calibration"]["tabular"]["fitted_on"]["rows"] == meta["tabular_validation"]["objects"]
+    assert pkg.calibration().temperature > 0 and pkg.domain_reference().features == pkg.features
     # Both models learned: training loss fell over the 3 epochs.
     for history in (meta["history"], meta["tabular_history"]):
         assert len(history["loss"]) == 3 and len(history["val_loss"]) == 3

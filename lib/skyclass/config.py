@@ -308,6 +308,9 @@ class ScoreConfig:
     inference: str = "auto"
     # The nightly run (skyclass run) exports the night as a HATS catalog after scoring (see the export section).
     export_hats: bool = False
+    # Target class mix the calibrated probabilities are re-weighted to (skyclass.priors): None = the validation
+    # split's mix, a mapping such as {GALAXY: 0.6, STAR: 0.2, QSO: 0.2}, or "estimate" (EM over the night's catalog).
+    class_priors: Any = None
 
     def validate(self, where: str) -> None:
         _choice(self.catalog, ("catalog", "photometric"), f"{where}.catalog")
@@ -315,6 +318,18 @@ class ScoreConfig:
         _choice(self.inference, ("auto", "keras", "tflite"), f"{where}.inference")
         if self.run_date is not None:
             _iso_date(self.run_date, f"{where}.run_date")
+        if isinstance(self.class_priors, str):
+            _choice(self.class_priors, ("estimate",), f"{where}.class_priors")
+        elif self.class_priors is not None:
+            from skyclass.priors import PriorsError, normalise_priors
+
+            if not isinstance(self.class_priors, Mapping):
+                raise ConfigError(f"{where}.class_priors must be a mapping of class to prior, `estimate` or null; "
+                                  f"got {self.class_priors!r}")
+            try:
+                normalise_priors(self.class_priors, CLASSES, f"{where}.class_priors")
+            except PriorsError as err:
+                raise ConfigError(str(err)) from None
 
 
 EXPORT_FORMATS = ("hats", "csv", "fits")
@@ -346,6 +361,28 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class DomainConfig:
+    """In-domain flags (skyclass.domain), built at training time and stored in the package."""
+
+    k: int = 10  # the k-th nearest training neighbour's distance is the domain score
+    quantile: float = 0.99  # threshold: this quantile of training objects' own (leave-one-out) distances
+    magnitude_quantiles: Sequence[float] = (0.005, 0.995)  # per-band coverage of the training split
+    # Training objects kept as the nearest-neighbour reference; the distance matrix (rows x reference_rows) is the
+    # cost of the check at scoring time, so it stays small.
+    reference_rows: int = 2000
+
+    def validate(self, where: str) -> None:
+        _positive(self.k, f"{where}.k")
+        _positive(self.reference_rows, f"{where}.reference_rows")
+        if not 0 < self.quantile < 1:
+            raise ConfigError(f"{where}.quantile must lie strictly between 0 and 1, got {self.quantile}")
+        low_high = tuple(self.magnitude_quantiles)
+        if len(low_high) != 2 or not 0 <= low_high[0] < low_high[1] <= 1:
+            raise ConfigError(f"{where}.magnitude_quantiles must be two increasing numbers in [0, 1], got "
+                              f"{list(low_high)}")
+
+
+@dataclass(frozen=True)
 class StandinConfig:
     # Catalog CSVs the stand-in serves (SkyServer columns, see ../shared/data/sdss/README.md).
     catalogs: Sequence[str] = ()
@@ -368,6 +405,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    domain: DomainConfig = field(default_factory=DomainConfig)
     standin: StandinConfig = field(default_factory=StandinConfig)
     source: str = "<defaults>"  # where the config came from, for messages
 

@@ -28,6 +28,7 @@ SIMULATED_NOTE = ("NOTE: cutouts in this demo are SIMULATED by the stand-in rend
 class DemoResult:
     stages: list = field(default_factory=list)  # (stage name, summary text, seconds)
     class_counts: dict = field(default_factory=dict)  # (predicted class, status) -> objects, of the scored field
+    domain_counts: dict = field(default_factory=dict)  # {"all": {class: n}, "in_domain": {class: n}}
 
     def __str__(self) -> str:
         lines = ["", "skyclass demo — summary", "=" * 23]
@@ -41,6 +42,8 @@ class DemoResult:
                 per_status = {s: n for (c, s), n in self.class_counts.items() if c == cls}
                 detail = ", ".join(f"{s} {n:,}" for s, n in sorted(per_status.items()))
                 lines.append(f"    {cls:<7} {sum(per_status.values()):>7,}  ({detail})")
+        if self.domain_counts:
+            lines.append(format_domain_counts(self.domain_counts))
         lines.append(SIMULATED_NOTE)
         return "\n".join(lines)
 
@@ -105,6 +108,7 @@ def run_demo(spark, conf: Config) -> DemoResult:
     scored = nightly.stage("score").result
     sky_map = write_demo_sky_map(spark, conf, scored.run_date, nightly.stage("evaluate").result.path)
     result.stages.append(("sky map", sky_map, time.monotonic() - started))
+    result.domain_counts = domain_class_counts(spark, scored.path)
     return result
 
 
@@ -115,3 +119,36 @@ def predicted_class_counts(spark, predictions_path: str) -> dict:
     rows = (spark.read.parquet(storage.spark_uri(predictions_path)).groupBy("predicted_class", "status").count()
             .orderBy("predicted_class", "status").collect())
     return {(row["predicted_class"] or "none", row["status"]): row["count"] for row in rows}
+
+
+def domain_class_counts(spark, predictions_path: str) -> dict:
+    """Objects per predicted class in one night's predictions, over all objects and over those flagged in domain
+    (``domain = 'in'``, see :mod:`skyclass.domain`), aggregated in Spark.
+
+    Returns
+    -------
+    dict
+        ``{"all": {class: n}, "in_domain": {class: n}}``.
+    """
+    from pyspark.sql import functions as F
+
+    from skyclass import lake, storage
+
+    frame = spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(storage.spark_uri(predictions_path))
+    rows = (frame.groupBy(F.coalesce("predicted_class", F.lit("none")).alias("cls"))
+            .agg(F.count(F.lit(1)).alias("all"), F.sum((F.col("domain") == "in").cast("long")).alias("in_domain"))
+            .collect())
+    return {"all": {row["cls"]: int(row["all"]) for row in rows},
+            "in_domain": {row["cls"]: int(row["in_domain"] or 0) for row in rows}}
+
+
+def format_domain_counts(counts: dict) -> str:
+    """The demo's lines comparing the field's class counts over all objects and in domain only."""
+    total, inside = sum(counts["all"].values()), sum(counts["in_domain"].values())
+    lines = [f"Predicted classes of the scored field, all objects vs in domain only ({inside:,} of {total:,} objects "
+             "lie inside the training set's magnitudes and near its objects; the rest are extrapolations):"]
+    for cls in sorted(counts["all"]):
+        n_all, n_in = counts["all"][cls], counts["in_domain"].get(cls, 0)
+        lines.append(f"    {cls:<7} all {n_all:>7,} ({n_all / max(total, 1):6.1%})   in domain {n_in:>7,} "
+                     f"({n_in / max(inside, 1):6.1%})")
+    return "\n".join(lines)

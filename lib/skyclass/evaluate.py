@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from skyclass import lake, storage
+from skyclass.calibration import trust_summary
 from skyclass.baselines import BASELINE_TITLES, run_baselines, scored_metrics, write_predictions
 from skyclass.config import CLASSES
 from skyclass.errors import SkyclassError
@@ -61,7 +62,8 @@ ROC_PLOT_MAX_ROWS = 200_000
 # Rows handed to a Keras model at once (decoded 64 px images: ~50 MB of float32 per 1,000 rows).
 PREDICT_CHUNK_ROWS = 1024
 MODE_TITLES = {"tabular": "Tabular network", "image": "Image network", "multimodal": "Multimodal network"}
-SCORED_SCHEMA = "objid long, label int, prediction int, scores array<double>, cutout_used boolean, r double"
+SCORED_SCHEMA = ("objid long, label int, prediction int, scores array<double>, cutout_used boolean, r double, "
+                 "raw_scores array<double>, domain string, domain_score double")
 # Per-object test predictions of every model (objid, label, prediction), under the report folder.
 PREDICTIONS_FOLDER = "predictions"
 # Edges of the r-magnitude bins of the accuracy-by-magnitude table and figure (open-ended below and above): SDSS
@@ -143,7 +145,9 @@ def evaluate(spark, conf) -> EvaluationResult:
             simulated = simulated_result(table_stats, package.mode, package.metadata)
             entry = evaluate_package(spark, path, package, test_df, class_names, batch_rows=conf.score.batch_rows,
                                      simulated=simulated, out_dir=out_dir, figures=figures,
-                                     inference=conf.score.inference)
+                                     inference=conf.score.inference,
+                                     target_mix=conf.score.class_priors if isinstance(conf.score.class_priors,
+                                                                                     Mapping) else None)
             entry["headline"] = path == headline_path
             results.append(entry)
             log.info("evaluated package %s (%s, %s): accuracy %.4f", package.version, package.mode,
@@ -285,7 +289,8 @@ def other_packages(models_dir: str, headline) -> list:
 
 
 def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[str], *, batch_rows: int,
-                     simulated: bool, out_dir: str, figures: list, inference: str = "keras") -> dict:
+                     simulated: bool, out_dir: str, figures: list, inference: str = "keras",
+                     target_mix=None) -> dict:
     """Score the test split with one package, compute its metrics in Spark and draw its figures.
 
     Parameters
@@ -307,6 +312,8 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
         Figure entries (``file``, ``caption``, ``simulated``) are appended to it.
     inference : str
         ``score.inference``, as scoring uses it.
+    target_mix : mapping, optional
+        Class mix the prior-shift check resamples the split to (default ``calibration.EVALUATION_MIX``).
 
     Returns
     -------
@@ -328,6 +335,7 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
         if package.mode != "tabular":
             rows_without_cutout = scored.where("NOT cutout_used").count()
         sample = _roc_sample(scored)
+        trust_rows = _trust_sample(scored)
     finally:
         scored.unpersist()
     entry = {"key": key, "kind": "network", "title": title, "mode": package.mode,
@@ -339,6 +347,14 @@ def evaluate_package(spark, path: str, package, test_df, class_names: Sequence[s
 
     def add(file: str, caption: str, is_simulated: bool) -> None:
         figures.append({"file": file, "caption": caption, "simulated": is_simulated})
+
+    # Issue 12: calibration before/after, in/out of domain, prior shift.
+    entry["trust"] = _trust_entry(trust_rows, package, class_names, target_mix)
+    plots.plot_reliability(entry["trust"]["before"]["reliability"], entry["trust"]["after"]["reliability"],
+                           os.path.join(out_dir, f"reliability_{key}.png"), title=f"Reliability: {label}",
+                           simulated=simulated)
+    add(f"reliability_{key}.png", f"Reliability diagram per class, before and after calibration — {title} "
+        f"{package.version} [{package.feature_set}]", simulated)
 
     plots.plot_confusion_matrix(metrics["confusion_matrix"], class_names, os.path.join(out_dir, f"confusion_{key}.png"),
                                 title=f"Confusion matrix: {label}", simulated=simulated)
@@ -402,6 +418,7 @@ def score_test_split(test_df, path: str, package, *, batch_rows: int, inference:
     # r travels along for the accuracy-by-magnitude table, whether or not the package uses it.
     if "r" in test_df.columns and "r" not in columns:
         columns.append("r")
+    columns += [m for m in lake.MAGNITUDES if m in test_df.columns and m not in columns]  # for the domain check
     from skyclass.inference import InferenceSpec, resolve_backend
 
     spec = InferenceSpec.from_package(package, path, resolve_backend(inference, package, path))
@@ -502,6 +519,9 @@ class _PackageScorer:
                     "cutout_used": batch.cutout_used,
                     "r": (pd.to_numeric(chunk["r"], errors="coerce").to_numpy(dtype=np.float64)
                           if "r" in chunk.columns else np.full(len(chunk), np.nan)),
+                    # Issue 12: the models' own probabilities (before calibration) and the in-domain flags.
+                    "raw_scores": list(batch.raw.astype(np.float64)), "domain": batch.domain,
+                    "domain_score": batch.domain_score,
                 })
 
 
@@ -616,6 +636,27 @@ def _check_classes(package, path: str, class_names: Sequence[str]) -> None:
 
 def _has_curves(history: Mapping) -> bool:
     return any(isinstance(v, (list, tuple)) and len(v) > 0 for v in history.values())
+
+
+def _trust_sample(scored) -> pd.DataFrame:
+    # Like the ROC sample: the calibration measures need the probabilities themselves (at most ROC_PLOT_MAX_ROWS).
+    n = scored.count()
+    frame = scored.select("label", "scores", "raw_scores", "domain", "r")
+    if n > ROC_PLOT_MAX_ROWS:
+        frame = frame.sample(fraction=ROC_PLOT_MAX_ROWS / n, seed=0)
+    return frame.toPandas()
+
+
+def _trust_entry(rows: pd.DataFrame, package, class_names: Sequence[str], target_mix) -> dict:
+    calibrated = np.stack(rows["scores"].to_numpy()) if len(rows) else np.zeros((0, len(class_names)))
+    raw = np.stack(rows["raw_scores"].to_numpy()) if len(rows) else calibrated
+    domain = rows["domain"].to_numpy(dtype=object) if rows["domain"].notna().any() else None
+    entry = trust_summary(rows["label"].to_numpy(), raw, calibrated, domain, rows["r"].to_numpy(dtype=np.float64),
+                          class_names, source_priors=package.calibration().source_priors, target_mix=target_mix)
+    entry["calibration"] = (package.metadata.get("calibration") or {}).get("main")
+    entry["domain_settings"] = {k: v for k, v in (package.metadata.get("domain") or {}).items()
+                                if k in ("k", "quantile", "threshold", "magnitude_quantiles", "reference_rows")}
+    return entry
 
 
 def _roc_sample(scored) -> pd.DataFrame:

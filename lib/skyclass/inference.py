@@ -77,6 +77,11 @@ class InferenceSpec:
     normalisation: Mapping[str, Mapping[str, float]]
     image_size_px: int
     backend: str = "keras"  # auto | keras | tflite, after resolve_backend
+    # The package's calibration (metadata "calibration", skyclass.calibration) and in-domain reference
+    # (skyclass.domain.DomainReference), and the target class priors of the run (None: the validation mix).
+    calibration: Optional[Mapping] = None
+    domain: Optional[object] = None
+    class_priors: Optional[tuple[float, ...]] = None
 
     @property
     def needs_images(self) -> bool:
@@ -89,7 +94,8 @@ class InferenceSpec:
                    fingerprint=str(package.fingerprint), mode=str(package.mode),
                    features=tuple(package.features), classes=tuple(package.classes),
                    normalisation={k: dict(v) for k, v in package.normalisation.items()},
-                   image_size_px=int(package.metadata.get("image_size_px") or 0), backend=backend)
+                   image_size_px=int(package.metadata.get("image_size_px") or 0), backend=backend,
+                   calibration=package.metadata.get("calibration"), domain=package.domain_reference())
 
 
 def resolve_backend(requested: str, package, package_path: str) -> str:
@@ -135,11 +141,17 @@ class WorkerModels:
 
 @dataclass(frozen=True)
 class BatchPrediction:
-    """What :func:`predict_batch` returns: ``proba`` (n, classes) float32 in the package's class order, and
-    ``cutout_used`` (n,) bool — the main model saw the object's cutout (always False for a tabular package)."""
+    """What :func:`predict_batch` returns: ``proba`` (n, classes) float32 in the package's class order, calibrated
+    and re-weighted to the spec's class priors; ``raw``, the models' own probabilities; ``cutout_used`` (n,) bool —
+    the main model saw the object's cutout (always False for a tabular package); ``domain`` (n,) ``in`` or the
+    first reason the object is unlike the training objects, and ``domain_score`` (n,) (None and NaN for a package
+    without a domain reference)."""
 
     proba: np.ndarray
     cutout_used: np.ndarray
+    raw: Optional[np.ndarray] = None
+    domain: Optional[np.ndarray] = None
+    domain_score: Optional[np.ndarray] = None
 
 
 def predict_batch(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels) -> BatchPrediction:
@@ -161,25 +173,34 @@ def predict_batch(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels
     -------
     BatchPrediction
     """
+    from skyclass.calibration import adjust_probabilities
     from skyclass.features import decode_jpegs, standardise
 
     n = len(frame)
     x = standardise(frame, spec.features, spec.normalisation)
-    proba = np.zeros((n, len(spec.classes)), dtype=np.float32)
+    raw = np.zeros((n, len(spec.classes)), dtype=np.float32)
     if n == 0:
-        return BatchPrediction(proba, np.zeros(0, dtype=bool))
+        return BatchPrediction(raw, np.zeros(0, dtype=bool), raw, np.zeros(0, dtype=object), np.zeros(0))
     if not spec.needs_images:
-        proba[:] = models.main({"features": x})
-        return BatchPrediction(proba, np.zeros(n, dtype=bool))
-    blobs = frame["jpeg"].tolist() if "jpeg" in frame.columns else [None] * n
-    images, ok = decode_jpegs(blobs, spec.image_size_px)
-    if ok.all():
-        proba[:] = models.main({"features": x, "image": images})
-    elif ok.any():
-        proba[ok] = models.main({"features": x[ok], "image": images[ok]})
-    if not ok.all():
-        proba[~ok] = models.tabular({"features": x[~ok]})
-    return BatchPrediction(proba, ok)
+        raw[:] = models.main({"features": x})
+        ok = np.zeros(n, dtype=bool)
+    else:
+        blobs = frame["jpeg"].tolist() if "jpeg" in frame.columns else [None] * n
+        images, ok = decode_jpegs(blobs, spec.image_size_px)
+        if ok.all():
+            raw[:] = models.main({"features": x, "image": images})
+        elif ok.any():
+            raw[ok] = models.main({"features": x[ok], "image": images[ok]})
+        if not ok.all():
+            raw[~ok] = models.tabular({"features": x[~ok]})
+    # Calibration of the model that classified each row (main or tabular fallback), then the target priors.
+    proba = adjust_probabilities(raw, ok if spec.needs_images else None, spec.calibration, spec.class_priors)
+    if spec.domain is not None:
+        domain, domain_score = spec.domain.assess(frame, x)
+    else:
+        domain, domain_score = np.full(n, None, dtype=object), np.full(n, np.nan)
+    return BatchPrediction(np.asarray(proba, dtype=np.float32), ok, raw, domain,
+                           np.asarray(domain_score, dtype=np.float64) * np.ones(n))
 
 
 # ---------------------------------------------------------------------------------------------------------------

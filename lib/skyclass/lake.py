@@ -270,6 +270,12 @@ PREDICTIONS = Table("predictions", (
     Column("model_fingerprint", pa.string(), True,
            "fingerprint of the model package (skyclass.package); null in nights scored before fingerprints"),
     Column("status", pa.string(), False, "ok | no_cutout | bad_photometry"),
+    # Trust and provenance (issue 12); null in nights scored before they existed.
+    Column("domain", pa.string(), True, "in | outside_magnitudes | far_from_training (skyclass.domain)"),
+    Column("domain_score", pa.float32(), True, "k-th training-neighbour distance / threshold (> 1: far)"),
+    Column("skyclass_version", pa.string(), True, "skyclass code version that scored the row"),
+    Column("data_release", pa.string(), True, "SDSS data release of the catalog, e.g. dr17"),
+    Column("scored_at", pa.timestamp("us", tz="UTC"), True, "UTC instant of the scoring run"),
 ))
 
 SPLITS = ("train", "validation", "test")

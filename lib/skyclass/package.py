@@ -48,6 +48,9 @@ FINGERPRINTED_FILES = (MODEL_FILE, TABULAR_MODEL_FILE)
 # CPU_MODEL_KEY lists them, and the fingerprint then covers them too.
 CPU_MODEL_FILES = {"main": "model.tflite", "tabular": "tabular.tflite"}
 CPU_MODEL_KEY = "cpu_model"
+# Files a package may carry (skyclass.domain's reference sample); fingerprinted when present, so packages without
+# them keep the fingerprint they always had.
+OPTIONAL_FILES = ("domain_reference.npz",)
 # Changing how fingerprints are computed changes this tag, so old and new fingerprints can never be confused.
 _FINGERPRINT_SCHEME = b"skyclass-package-fingerprint-v1\n"
 _HASH_CHUNK_BYTES = 1 << 20
@@ -96,7 +99,7 @@ def code_version() -> str:
 
 
 def write_package(models_dir: str, version: str, *, model_keras: bytes, tabular_keras: bytes,
-                  metadata: Mapping, simulated: bool = False) -> str:
+                  metadata: Mapping, simulated: bool = False, extra_files: Optional[Mapping[str, bytes]] = None) -> str:
     """Write a complete package to a staging folder under ``models_dir``, then rename it to ``<version>``.
 
     An existing package of the same version is replaced (it stays whole until the new one is in place).
@@ -114,6 +117,8 @@ def write_package(models_dir: str, version: str, *, model_keras: bytes, tabular_
         drawn to ``curves.png``.
     simulated : bool
         The training images were simulated: the curves carry a warning banner.
+    extra_files : mapping, optional
+        Further files by name, each one of :data:`OPTIONAL_FILES` (fingerprinted with the weights).
 
     Returns
     -------
@@ -137,7 +142,11 @@ def write_package(models_dir: str, version: str, *, model_keras: bytes, tabular_
         # Through JSON and back: the fingerprint must be of exactly what load() will read (tuples become lists,
         # numpy scalars plain numbers).
         meta = json.loads(json.dumps(meta, default=_json_default))
-        for name, blob in ((MODEL_FILE, model_keras), (TABULAR_MODEL_FILE, tabular_keras)):
+        unknown = sorted(set(extra_files or {}) - set(OPTIONAL_FILES))
+        if unknown:
+            raise PackageError(f"cannot write {unknown} into a package: only {', '.join(OPTIONAL_FILES)} may be added")
+        for name, blob in ((MODEL_FILE, model_keras), (TABULAR_MODEL_FILE, tabular_keras),
+                           *sorted((extra_files or {}).items())):
             with open(os.path.join(staging, name), "wb") as fh:
                 fh.write(blob)
         meta[FINGERPRINT_KEY] = package_fingerprint(staging, meta)
@@ -176,7 +185,8 @@ def package_fingerprint(path: str, metadata: Mapping) -> str:
         A weight file cannot be read.
     """
     digest = hashlib.sha256(_FINGERPRINT_SCHEME)
-    for name in (*FINGERPRINTED_FILES, *_cpu_model_files(metadata)):
+    present = [name for name in OPTIONAL_FILES if os.path.isfile(os.path.join(path, name))]
+    for name in (*FINGERPRINTED_FILES, *present, *_cpu_model_files(metadata)):
         file_digest = hashlib.sha256()
         try:
             with open(os.path.join(path, name), "rb") as fh:
@@ -449,6 +459,22 @@ class ModelPackage:
                                f"one with `skyclass package --add-cpu-model {self.path}`")
         with open(os.path.join(self.path, files[which]), "rb") as fh:
             return fh.read()
+    def calibration(self, which: str = "main"):
+        """The :class:`skyclass.calibration.Calibration` of the main or the ``tabular`` model (``none`` for a
+        package written before calibration)."""
+        from skyclass.calibration import Calibration
+
+        return Calibration.from_dict((self.metadata.get("calibration") or {}).get(which))
+
+    def domain_reference(self):
+        """The package's :class:`skyclass.domain.DomainReference`, or None (a package from before domain flags)."""
+        from skyclass.domain import optional_reference
+
+        def read(name: str) -> bytes:
+            with open(os.path.join(self.path, name), "rb") as fh:
+                return fh.read()
+
+        return optional_reference(self.metadata, read)
 
 
 def _load_keras(path: str, compile: bool):

@@ -31,6 +31,7 @@ __all__ = [
     "plot_per_class_f1",
     "plot_roc_curves",
     "plot_accuracy_by_magnitude",
+    "plot_reliability",
 ]
 
 logger = logging.getLogger(__name__)
@@ -373,4 +374,48 @@ def plot_accuracy_by_magnitude(bins: Sequence[Mapping], path, *, title: str, ban
     accuracy_axes.set_ylabel("accuracy")
     accuracy_axes.grid(True, axis="y", alpha=0.3)
     accuracy_axes.legend(fontsize=8, loc="lower left")
+    return _finish(figure, path, title=title, simulated=simulated)
+
+
+def plot_reliability(before: Mapping[str, Sequence[Mapping]], after: Mapping[str, Sequence[Mapping]], path, *,
+                     title: str, simulated: bool = False) -> Path:
+    """Reliability diagrams, one panel per class: observed frequency of the class against the mean predicted
+    probability per bin, before and after calibration, with the diagonal of perfect calibration.
+
+    Parameters
+    ----------
+    before, after : mapping
+        Class name → bins of :func:`skyclass.calibration.reliability_curve` (``mean_p``, ``frequency``, ``n``).
+    path : str or os.PathLike
+    title : str
+    simulated : bool
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        No class to draw.
+    """
+    names = list(before)
+    if not names:
+        raise ValueError("plot_reliability needs at least one class")
+    figure = _new_figure(4.2 * len(names), 4.4)
+    for k, name in enumerate(names):
+        axes = figure.add_subplot(1, len(names), k + 1)
+        axes.plot([0, 1], [0, 1], color="#7f7f7f", linestyle=":", linewidth=1, label="perfect")
+        for curves, colour, label in ((before, "#ff7f0e", "before"), (after, "#1f77b4", "after calibration")):
+            bins = curves.get(name) or []
+            if bins:
+                axes.plot([b["mean_p"] for b in bins], [b["frequency"] for b in bins], marker="o", markersize=3,
+                          color=colour, label=label)
+        axes.set_xlim(0, 1)
+        axes.set_ylim(0, 1)
+        axes.set_xlabel(f"mean predicted p({name})")
+        if k == 0:
+            axes.set_ylabel("observed frequency")
+        axes.set_title(name)
+        axes.legend(loc="upper left", fontsize=8)
     return _finish(figure, path, title=title, simulated=simulated)

@@ -72,6 +72,7 @@ def render_markdown(report: Mapping) -> str:
 
     lines += [f"## Headline: {result_label(headline)}", ""]
     lines += _headline_section(headline, names)
+    lines += trust_section(headline.get("trust"), names)
 
     comparisons = report.get("comparisons") or []
     if comparisons:
@@ -305,3 +306,62 @@ def comparison_table(
         row = [escape(model_name)] + [rendered[row_index] for rendered in rendered_columns]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+def _number(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and value == value else "n/a"
+
+
+def trust_section(trust, names: Sequence[str]) -> list[str]:
+    """Markdown of a result's ``trust`` entry (calibration, in-domain flags, prior shift); empty without one."""
+    if not trust:
+        return []
+    before, after = trust["before"], trust["after"]
+    calibration = trust.get("calibration") or {}
+    lines = ["### Calibration (test split)", "",
+             f"Fitted on the validation split: {calibration.get('method', 'none')} scaling"
+             + (f", T = {calibration['temperature']:.4f}" if calibration.get("method") == "temperature" else "")
+             + ". ECE over 15 equal-width bins of the top probability; Brier score summed over classes.", "",
+             "| | ECE | Brier | log-loss | accuracy |", "|---|---:|---:|---:|---:|"]
+    for name, m in (("before calibration", before), ("after calibration", after)):
+        lines.append(f"| {name} | {_number(m['ece'])} | {_number(m['brier'])} | {_number(m['log_loss'])} | "
+                     f"{_number(m['accuracy'])} |")
+    lines += ["", "Objects predicted as each class with p above 0.9 / 0.99 (share of that class's predictions, "
+              "precision of those), after calibration:", "",
+              "| class | predicted | p>0.9 share | p>0.9 precision | p>0.99 share | p>0.99 precision |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name in names:
+        row = after["confidence"].get(name) or {}
+        a, b = row.get("p>0.9") or {}, row.get("p>0.99") or {}
+        lines.append(f"| {name} | {row.get('predicted', 0)} | {_number(a.get('share'), 3)} | "
+                     f"{_number(a.get('precision'), 4)} | {_number(b.get('share'), 3)} | "
+                     f"{_number(b.get('precision'), 4)} |")
+    domain = trust.get("domain")
+    if domain:
+        settings = trust.get("domain_settings") or {}
+        lines += ["", "### In-domain flags", "",
+                  f"`domain = in`: every magnitude inside the training split's "
+                  f"{settings.get('magnitude_quantiles', '?')} quantiles and the {settings.get('k', '?')}-th "
+                  f"nearest training neighbour closer than the {settings.get('quantile', '?')} quantile of training "
+                  "objects' own distances.", "",
+                  "| slice | objects | kept in domain | accuracy in | accuracy out | outside magnitudes | "
+                  "far from training |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, d in (("whole test split", domain["all"]), (f"r > {domain['faint'].get('r_min', 20):g}",
+                                                               domain["faint"])):
+            lines.append(f"| {label} | {d['rows']} | {_number(d['in_share'], 3)} | {_number(d['in_accuracy'])} | "
+                         f"{_number(d['out_accuracy'])} | {d['reasons'].get('outside_magnitudes', 0)} | "
+                         f"{d['reasons'].get('far_from_training', 0)} |")
+    priors = trust.get("priors")
+    if priors:
+        mix = ", ".join(f"{k} {v:.2f}" for k, v in priors["mix"].items())
+        estimate = ", ".join(f"{k} {v:.3f}" for k, v in priors["estimate"].items())
+        lines += ["", "### Class priors", "",
+                  f"The test split resampled to {mix} ({priors['rows']} objects); the calibrated probabilities "
+                  f"assume the validation mix. EM estimate of the resampled mix (Saerens et al. 2002): {estimate} "
+                  f"({priors['em_iterations']} iterations).", "",
+                  "| probabilities | accuracy | log-loss | Brier |", "|---|---:|---:|---:|"]
+        for label, key in (("as calibrated (validation mix)", "unweighted"), ("re-weighted to the true mix",
+                                                                                "true_mix"),
+                           ("re-weighted to the EM estimate", "estimated")):
+            m = priors[key]
+            lines.append(f"| {label} | {_number(m['accuracy'])} | {_number(m['log_loss'])} | "
+                         f"{_number(m['brier'])} |")
+    return lines + [""]

@@ -49,6 +49,7 @@ from skyclass.config import CLASSES
 from skyclass.inference import InferenceSpec, WorkerModels, predict_batch, resolve_backend, worker_models
 from skyclass.errors import SkyclassError
 from skyclass.features import source_columns
+from skyclass.priors import ESTIMATE
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +60,22 @@ STATUSES = (STATUS_OK, STATUS_NO_CUTOUT, STATUS_BAD_PHOTOMETRY)
 PROBABILITY_COLUMNS = {"GALAXY": "p_galaxy", "STAR": "p_star", "QSO": "p_qso"}
 _ARROW_BATCH_KEY = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _EMPTY_DTYPES = {"objid": "int64", "predicted_class": "object", "p_galaxy": "float32", "p_star": "float32",
-                 "p_qso": "float32", "model_version": "object", "model_fingerprint": "object", "status": "object"}
+                 "p_qso": "float32", "model_version": "object", "model_fingerprint": "object", "status": "object",
+                 "domain": "object", "domain_score": "float32", "skyclass_version": "object",
+                 "data_release": "object", "scored_at": "datetime64[us, UTC]"}
 
 class ScoreError(SkyclassError):
     """Scoring cannot start: no catalog, a package that does not fit the catalog, a bad run date."""
 
 
-# What a worker needs to score batches: the package's inference spec (skyclass.inference), read once on the driver.
-ScoringSpec = InferenceSpec
+@dataclass(frozen=True)
+class ScoringSpec(InferenceSpec):
+    """What a worker needs to score batches: the package's inference spec (skyclass.inference: models, features,
+    calibration, domain reference, target priors), plus the run's provenance written on every row."""
+
+    skyclass_version: Optional[str] = None
+    data_release: Optional[str] = None
+    scored_at: Optional[str] = None  # ISO UTC
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ def clean_photometry(frame: pd.DataFrame, names=None) -> pd.DataFrame:
     return add_features_pandas(frame, names)
 
 
-def score_frame(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels) -> pd.DataFrame:
+def score_frame(frame: pd.DataFrame, spec: ScoringSpec, models: WorkerModels) -> pd.DataFrame:
     """Classify one batch: catalog rows (objid, magnitudes, optional ``jpeg``) → rows of ``lake.PREDICTIONS``.
 
     Parameters
@@ -129,7 +138,7 @@ def score_frame(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels) 
     frame : pandas.DataFrame
         ``objid``, the magnitudes ``u..z`` (plus ``redshift`` if the package uses it) and, for image packages,
         ``jpeg`` (bytes or None).
-    spec : InferenceSpec
+    spec : ScoringSpec
     models : skyclass.inference.WorkerModels
         From :func:`skyclass.inference.worker_models`.
 
@@ -148,7 +157,7 @@ def score_frame(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels) 
     if "jpeg" in frame.columns:
         features["jpeg"] = frame["jpeg"].to_numpy()
     batch = predict_batch(features, spec, models)
-    proba = batch.proba
+    proba, domain, domain_score = batch.proba, batch.domain, batch.domain_score
     image_ok = batch.cutout_used if spec.needs_images else np.ones(n, dtype=bool)
     status = np.where(~photometry_ok, STATUS_BAD_PHOTOMETRY, np.where(image_ok, STATUS_OK, STATUS_NO_CUTOUT))
     classes = np.asarray(spec.classes, dtype=object)
@@ -161,10 +170,13 @@ def score_frame(frame: pd.DataFrame, spec: InferenceSpec, models: WorkerModels) 
     out["model_version"] = spec.version
     out["model_fingerprint"] = spec.fingerprint
     out["status"] = status
+    out["domain"], out["domain_score"] = domain, np.asarray(domain_score, dtype=np.float32)
+    out["skyclass_version"], out["data_release"] = spec.skyclass_version, spec.data_release
+    out["scored_at"] = pd.Timestamp(spec.scored_at) if spec.scored_at else pd.NaT
     return out[lake.PREDICTIONS.names]
 
 
-def _score_batches(batches: Iterator[pd.DataFrame], spec: InferenceSpec, loads=None) -> Iterator[pd.DataFrame]:
+def _score_batches(batches: Iterator[pd.DataFrame], spec: ScoringSpec, loads=None) -> Iterator[pd.DataFrame]:
     # The mapInPandas function: runs in Python workers; the models come from skyclass.inference's worker cache.
     models = worker_models(spec, loads)
     for frame in batches:
@@ -282,9 +294,10 @@ def score_catalog(spark, conf) -> ScoreResult:
     from skyclass.package import ModelPackage
 
     package = ModelPackage.load(package_path)
-    spec = InferenceSpec.from_package(package, package_path,
-                                      resolve_backend(conf.score.inference, package, package_path))
+    spec = ScoringSpec.from_package(package, package_path,
+                                    resolve_backend(conf.score.inference, package, package_path))
     _check_spec(spec)
+    spec = with_run_provenance(spec, conf)
     catalog_path = conf.lake.table(conf.score.catalog)
     if not storage.table_exists(catalog_path):
         hint = "skyclass extract --photometric" if conf.score.catalog == "photometric" else "skyclass extract"
@@ -340,13 +353,18 @@ def score_catalog(spark, conf) -> ScoreResult:
         to_score = one_row_per_object(to_score)
 
         loads = spark.sparkContext.accumulator(0)
-        night = to_score.mapInPandas(functools.partial(_score_batches, spec=spec, loads=loads),
-                                     lake.PREDICTIONS.spark_schema())
+        scored = to_score.mapInPandas(functools.partial(_score_batches, spec=spec, loads=loads),
+                                      lake.PREDICTIONS.spark_schema())
+        night = scored
+        prior_estimate = None
+        if conf.score.class_priors == ESTIMATE:
+            scored, prior_estimate = estimate_and_apply_priors(scored.persist(), spec)
+            night = scored
         if storage.table_exists(night_path):
             # Rows of an earlier run of this night for objects not scored now stay; the rest are replaced.
             kept = (spark.read.schema(lake.PREDICTIONS.spark_schema()).parquet(storage.spark_uri(night_path))
                     .join(objects.select("objid"), "objid", "left_anti").select(*lake.PREDICTIONS.names))
-            night = night.unionByName(kept)
+            night = scored.unionByName(kept)
 
         previous_batch = spark.conf.get(_ARROW_BATCH_KEY, None)
         spark.conf.set(_ARROW_BATCH_KEY, str(conf.score.batch_rows))
@@ -354,8 +372,12 @@ def score_catalog(spark, conf) -> ScoreResult:
             log.info("scoring %d of %d objects of %s with model %s (%s, fingerprint %s, %s inference) into %s",
                      n_to_score, n_catalog, conf.score.catalog, spec.version, spec.mode, spec.fingerprint,
                      spec.backend, night_path)
-            replace_partition(spark, predictions_root, run_date, lambda staging: night.write.parquet(staging))
+            replace_partition(spark, predictions_root, run_date, lambda staging: (
+                night.write.parquet(staging),
+                lake.write_provenance(staging, night_provenance(conf, spec, catalog_path, n_to_score, prior_estimate))))
         finally:
+            if prior_estimate is not None:
+                scored.unpersist()
             if previous_batch is None:
                 spark.conf.unset(_ARROW_BATCH_KEY)
             else:
@@ -422,3 +444,101 @@ def _check_spec(spec: ScoringSpec) -> None:
                          f"(metadata.json features{err})") from None
     if spec.needs_images and spec.image_size_px <= 0:
         raise ScoreError(f"model {spec.version} is a {spec.mode} model but its metadata.json has no image_size_px")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 12: target priors and provenance of a night.
+
+def data_release(conf, catalog_path: Optional[str] = None) -> Optional[str]:
+    """The SDSS data release of the scored catalog: its ``_provenance.json``'s ``data_release`` when the builder
+    recorded one, else the release segment of ``skyserver.url`` (``…/dr17`` → ``dr17``), else None."""
+    if catalog_path:
+        try:
+            recorded = (lake.read_provenance(catalog_path) or {}).get("data_release")
+        except ValueError:
+            recorded = None
+        if recorded:
+            return str(recorded)
+    last = conf.skyserver.url.rstrip("/").rpartition("/")[2]
+    return last.lower() if re.fullmatch(r"dr\d+", last, re.IGNORECASE) else None
+
+
+def with_run_provenance(spec: ScoringSpec, conf, now: Optional[datetime] = None) -> ScoringSpec:
+    """``spec`` with this run's target priors (``score.class_priors`` given as a mix), skyclass version, data
+    release and UTC scoring instant (``now``, injectable for tests)."""
+    import dataclasses
+
+    from skyclass.package import code_version
+    from skyclass.priors import resolve_target
+
+    instant = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return dataclasses.replace(spec, class_priors=resolve_target(conf.score.class_priors, spec.classes),
+                               skyclass_version=code_version(),
+                               data_release=data_release(conf, conf.lake.table(conf.score.catalog)),
+                               scored_at=instant.isoformat(timespec="microseconds"))
+
+
+def estimate_and_apply_priors(scored, spec: ScoringSpec):
+    """``score.class_priors: estimate``: the EM prior estimate over the run's in-domain rows with usable photometry
+    (Spark aggregations, :func:`skyclass.priors.estimate_priors_spark`), then every row re-weighted to it and its
+    predicted class recomputed -- column expressions, no Python.
+
+    Rows scored by the tabular fallback are re-weighted with the main model's source priors too (the two
+    validation mixes differ only by the objects without a cutout).
+
+    Returns
+    -------
+    (pyspark.sql.DataFrame, dict)
+        The re-weighted rows and the estimate (``priors`` by class, ``iterations``, ``converged``, ``rows``).
+    """
+    from pyspark.sql import functions as F
+
+    from skyclass.calibration import Calibration
+    from skyclass.priors import estimate_priors_spark, reweight_columns
+
+    source = Calibration.from_dict((spec.calibration or {}).get("main")).source_priors
+    if source is None:
+        raise ScoreError(f"score.class_priors=estimate needs a calibrated package (its validation class mix); model "
+                         f"{spec.version} has none: retrain it, or set score.class_priors to a mix or null")
+    columns = [PROBABILITY_COLUMNS[c] for c in spec.classes]
+    usable = scored.where((F.col("status") != STATUS_BAD_PHOTOMETRY)
+                          & (F.col("domain").isNull() | (F.col("domain") == "in")))
+    estimate = estimate_priors_spark(usable, columns, source)
+    estimate["rows"] = int(usable.count())
+    estimate["priors"] = dict(zip(spec.classes, estimate["priors"]))
+    estimate["source_priors"] = dict(zip(spec.classes, source))
+    log.info("estimated class priors of the night (EM, %d iterations, %d rows): %s", estimate["iterations"],
+             estimate["rows"], estimate["priors"])
+    new = reweight_columns(columns, source, list(estimate["priors"].values()))
+    out = scored
+    for column, value in zip(columns, new):
+        out = out.withColumn(column, value.cast("float"))
+    best = F.greatest(*(F.col(c) for c in columns))
+    predicted = F.lit(None).cast("string")
+    for name, column in reversed(list(zip(spec.classes, columns))):
+        predicted = F.when(F.col(column) == best, F.lit(name)).otherwise(predicted)
+    return out.withColumn("predicted_class", predicted).select(*lake.PREDICTIONS.names), estimate
+
+
+def night_provenance(conf, spec: ScoringSpec, catalog_path: str, n_scored: int, prior_estimate) -> dict:
+    """The night partition's ``_provenance.json``: builder, versions, the config, the input tables' snapshots
+    (path and their own provenance) and the prior estimate."""
+    inputs = {"catalog": {"path": catalog_path, "provenance": _safe_provenance(catalog_path)},
+              "model_package": {"path": spec.package_path, "version": spec.version,
+                                "fingerprint": spec.fingerprint}}
+    if spec.needs_images:
+        cutouts_path = conf.lake.table("cutouts")
+        inputs["cutouts"] = {"path": cutouts_path, "provenance": _safe_provenance(cutouts_path)}
+    return {"builder": "skyclass score", "version": spec.skyclass_version, "created_at": spec.scored_at,
+            "data_release": spec.data_release, "rows_scored": int(n_scored), "config": conf.to_dict(),
+            "class_priors": {"setting": conf.score.class_priors,
+                             "applied": dict(zip(spec.classes, spec.class_priors)) if spec.class_priors else None,
+                             "estimate": prior_estimate},
+            "inputs": inputs}
+
+
+def _safe_provenance(path: str):
+    try:
+        return lake.read_provenance(path)
+    except ValueError as err:
+        return {"unreadable": str(err)}

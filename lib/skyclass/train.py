@@ -176,9 +176,17 @@ def train_model(spark, conf: Config) -> TrainResult:
     for record in main["records"]:
         log.info("epoch %d: %s", record["epoch"], _format_record(record))
     metadata = _metadata(conf, stats, plan, main, tabular)
+    # Calibration on the validation probabilities and the in-domain reference of the training split (issue 12).
+    from skyclass.calibration import fit_package_calibration
+    from skyclass.domain import domain_reference_from_training
+
+    metadata["calibration"] = fit_package_calibration(main, tabular, stats.classes)
+    reference = domain_reference_from_training(spark, plan.train_path, plan.phases[0].spec, conf.domain)
+    metadata["domain"] = reference.metadata()
     path = package.write_package(models_dir, version, model_keras=main["model_keras"],
                                  tabular_keras=tabular["model_keras"], metadata=metadata,
-                                 simulated=metadata["simulated_images"] or metadata["simulated_catalog"])
+                                 simulated=metadata["simulated_images"] or metadata["simulated_catalog"],
+                                 extra_files={metadata["domain"]["file"]: reference.reference_bytes()})
     # The TensorFlow Lite forms CPU executors score with (skyclass.inference); checked against Keras on the
     # validation split, else logged and the package stays Keras-only.
     from skyclass.inference import add_cpu_models_from_lake
@@ -574,8 +582,10 @@ def _train_phase(plan: TrainPlan, phase: PhasePlan, tf, hvd, hvd_tf) -> Optional
     validation = _evaluate_rank0(plan, phase, export)
     log.info("%s model: validation loss %.4f, accuracy %.4f over %d objects", phase.name, validation["loss"],
              validation["accuracy"], validation["objects"])
+    # The validation probabilities travel back for calibration (skyclass.calibration), not into metadata.json.
+    calibration_inputs = {"proba": validation.pop("proba"), "labels": validation.pop("labels")}
     return {"model_keras": package.keras_model_bytes(export), "records": records, "initial_epoch": initial_epoch,
-            "stopped_early": stopped_early, "validation": validation}
+            "stopped_early": stopped_early, "validation": validation, "calibration_inputs": calibration_inputs}
 
 
 def _fit(plan: TrainPlan, phase: PhasePlan, model, records: list, initial_epoch: int, checkpoint: "_Checkpoint",
@@ -640,17 +650,22 @@ def _evaluate_rank0(plan: TrainPlan, phase: PhasePlan, model) -> dict:
     with input_pipeline.open_reader(plan.validation_path, phase.spec, num_epochs=1, shuffle=False) as reader:
         dataset = input_pipeline.make_dataset(reader, phase.spec, batch_size=plan.batch_size, drop_remainder=False)
         loss_sum, correct, objects = 0.0, 0, 0
+        all_proba, all_labels = [], []
         for inputs, labels in dataset:
             proba = model(inputs, training=False).numpy()
             labels = labels.numpy()
+            all_proba.append(proba)
+            all_labels.append(labels)
             # Keras clips probabilities at its epsilon (1e-7) in cross-entropy: same here, so the numbers compare.
             picked = np.clip(proba[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
             loss_sum += float(-np.log(picked).sum())
             correct += int((proba.argmax(axis=1) == labels).sum())
             objects += len(labels)
+    arrays = {"proba": np.concatenate(all_proba) if all_proba else np.zeros((0, 0), np.float32),
+              "labels": np.concatenate(all_labels) if all_labels else np.zeros(0, np.int64)}
     if objects == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "objects": 0}
-    return {"loss": loss_sum / objects, "accuracy": correct / objects, "objects": objects}
+        return {"loss": float("nan"), "accuracy": float("nan"), "objects": 0, **arrays}
+    return {"loss": loss_sum / objects, "accuracy": correct / objects, "objects": objects, **arrays}
 
 
 def _epoch_end_callback(phase: PhasePlan, records: list, checkpoint: Optional["_Checkpoint"], epochs: int):
