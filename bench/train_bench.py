@@ -69,7 +69,8 @@ def main(argv=None) -> int:
             for procs in args.procs:
                 conf = load_config(ROOT / "conf" / "local.yaml", [
                     f"lake.root={lake_root}", f"lake.models={work / 'models'}", "train.mode=multimodal",
-                    "train.backbone=small_cnn", f"train.image_size_px={args.size_px}", f"train.epochs={args.epochs}",
+                    "train.backbone=small_cnn", f"train.image_size_px={args.size_px}",
+                    f"cutouts.size_px={max(64, args.size_px)}", f"train.epochs={args.epochs}",
                     f"train.batch_size={args.batch_size}", f"train.num_proc={procs}", f"train.version=bench-{procs}",
                     "train.early_stopping_patience=100"])
                 result = train_model(spark, conf)

@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from catalog_fixture import make_labelled
+from clocks import FrozenClock
 from lock_holders import holder_processes
 from skyclass import lake
 from skyclass.cutouts import (CutoutSettings, CutoutsError, InvalidCutout, _chunks, cutout_request,
@@ -292,22 +293,6 @@ def test_failures_keep_their_reason_and_attempts_accumulate(spark, conf_for, sta
     assert fourth.requested == 0 and fourth.skipped_present == 12 and len(lake_failures(conf)) == 0
 
 
-class _FrozenClock:
-    """A limiter clock that stands still, with a sleep that returns at once recording the wait: the waits are then
-    exactly the slots the limiter handed out, however busy the machine is."""
-
-    def __init__(self):
-        self.waits = []
-        self._lock = threading.Lock()
-
-    def now(self):
-        return 0.0
-
-    def sleep(self, seconds):
-        with self._lock:
-            self.waits.append(seconds)
-
-
 @dataclasses.dataclass(frozen=True)
 class _FrozenClockSettings(CutoutSettings):
     """The settings a task receives, with a client whose rate limiter runs on a frozen clock (in-process only)."""
@@ -332,7 +317,7 @@ def test_politeness_limit_holds_within_ten_percent(conf_for, standin_factory, tm
     conf = cutouts_conf(conf_for, server.url, max_requests_per_s=limit, tasks=tasks, concurrency_per_task=8)
     settings = CutoutSettings.from_config(conf, cutouts_dir=str(tmp_path / "chunks"), run_id="polite")
     assert settings.max_requests_per_s * tasks == pytest.approx(limit)
-    clock = _FrozenClock()
+    clock = FrozenClock()
     task = download_partition(_FrozenClockSettings(**dataclasses.asdict(settings), clock=clock))
     os.makedirs(tmp_path / "chunks")
     outcomes = pd.concat(list(task(iter([catalog[["objid", "ra", "dec"]]]))))

@@ -44,7 +44,7 @@ def test_every_command_end_to_end(standin_factory, tmp_path):
         "evaluate.baselines=[logistic_regression, decision_tree]", "evaluate.feature_sets=[photometric]",
     ]
     out = _skyclass("extract", sets=sets)
-    assert "600" in out
+    assert "catalog: 600 rows written" in out
     catalog = pd.read_parquet(tmp_path / "lake" / "catalog")
     assert len(catalog) == 600 and catalog.objid.is_unique
     assert sorted(int(v) for v in catalog.specobjid) == sorted(labelled.specobjid)
@@ -70,6 +70,13 @@ def test_every_command_end_to_end(standin_factory, tmp_path):
     _skyclass("evaluate", sets=sets)
     reports = list((tmp_path / "reports").rglob("report.md"))
     assert reports and "SIMULATED" in reports[0].read_text().upper()
+    report = json.loads((reports[0].parent / "report.json").read_text())
+    # Exactly the configured baselines on the configured feature set, and the network that was trained.
+    assert sorted(r["key"] for r in report["results"] if r["kind"] == "baseline") == [
+        "decision_tree-photometric", "logistic_regression-photometric"]
+    assert {r["version"] for r in report["results"] if r["kind"] == "network"} == {packages[0].name}
+    assert 0.0 <= report["results"][0]["metrics"]["accuracy"] <= 1.0
+    evaluated_at = reports[0].stat().st_mtime
 
     # Score the photometric field: no cutouts were downloaded for it, so every object takes the tabular fallback.
     _skyclass("score", "--run-date", "2026-01-01", sets=sets)
@@ -81,6 +88,13 @@ def test_every_command_end_to_end(standin_factory, tmp_path):
     second = tmp_path / "predictions" / "run_date=2026-01-02"
     assert not second.exists() or len(pd.read_parquet(second)) == 0
 
-    # The nightly chain: everything is in place, so it re-extracts, finds no missing cutouts, keeps the model.
-    _skyclass("run", sets=[*sets, "score.run_date=2026-01-03"])
+    # The nightly chain: everything is in place, so it re-extracts, fetches the photometric field's cutouts, keeps
+    # the model, scores nothing new (this model labelled the field already) and evaluates again.
+    out = _skyclass("run", sets=[*sets, "score.run_date=2026-01-03"])
     assert len([p for p in (tmp_path / "models").iterdir() if (p / "metadata.json").exists()]) == 1
+    assert "[train] (skipped)" in out and "[score]" in out and "[evaluate]" in out
+    assert "[cutouts (photometric)]" in out
+    assert len(pd.read_parquet(tmp_path / "lake" / "cutouts")) >= len(cutouts) + 190  # the field's cutouts too
+    third = tmp_path / "predictions" / "run_date=2026-01-03"
+    assert not third.exists() or len(pd.read_parquet(third)) == 0
+    assert reports[0].stat().st_mtime > evaluated_at  # the chain's evaluate rewrote the report

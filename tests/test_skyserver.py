@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from catalog_fixture import make_labelled
+from clocks import FrozenClock, SteppingClock
 from skyclass.config import SkyServerConfig
 from skyclass.skyserver import (RateLimiter, SkyServerClient, SkyServerError, SkyServerHTTPError,
                                 SkyServerQueryError, SkyServerResponseError, SkyServerUnavailable, SqlValueError,
@@ -154,22 +155,6 @@ def test_connection_refused_raises_unavailable():
         client.sql("SELECT 1")
 
 
-class SteppingClock:
-    """A clock that moves only when the limiter sleeps: the simulated time of each request is then exactly when
-    the limiter let it go, whatever the machine's load."""
-
-    def __init__(self, start=100.0):
-        self.t = start
-        self.waits = []
-
-    def now(self):
-        return self.t
-
-    def sleep(self, seconds):
-        self.waits.append(seconds)
-        self.t += seconds
-
-
 def test_rate_limit_spaces_requests(standin):
     clock = SteppingClock()
     sent_at = []
@@ -288,22 +273,6 @@ def test_a_sql_error_and_a_4xx_are_not_retried(standin):
 
 
 # --- one requests.Session per thread, one rate limit for all ------------------------------------------------------
-
-class FrozenClock:
-    """The limiter's clock stands still and its sleep returns at once, recording each wait: the waits are then
-    exactly the slots the limiter handed out."""
-
-    def __init__(self):
-        self.waits = []
-        self._lock = threading.Lock()
-
-    def now(self):
-        return 0.0
-
-    def sleep(self, seconds):
-        with self._lock:
-            self.waits.append(seconds)
-
 
 def test_each_thread_has_its_own_session_and_one_rate_limit_holds_for_all(standin):
     clock = FrozenClock()

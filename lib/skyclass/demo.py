@@ -1,10 +1,11 @@
 """``skyclass demo`` (what ``make demo`` runs): the whole pipeline on this machine, against the SkyServer stand-in.
 
 It serves ``../shared/data/sdss/labelled.csv`` and ``unlabelled_abell2065.csv`` (real SDSS photometry and labels)
-from a stand-in on a free loopback port, then runs the nightly chain of :mod:`skyclass.pipeline` (extract → cutouts
-→ training table → train → score → evaluate) on local Spark; what only a demo needs (the stand-in, the summary of
-predicted classes) is added here. The stand-in's cutouts are SIMULATED images rendered from each object's photometry: any
-accuracy of the image and multimodal networks printed here is on simulated images, not real SDSS cutouts.
+from a stand-in on a free loopback port, then runs the nightly chain of :mod:`skyclass.pipeline` (extract →
+cutouts → training table → train → score → evaluate) on local Spark; what only a demo needs (the stand-in, the
+summary of predicted classes) is added here. The stand-in's cutouts are SIMULATED images rendered from each
+object's photometry: any accuracy of the image and multimodal networks printed here is on simulated images, not
+real SDSS cutouts.
 Last, the scored field's sky map (labelled SIMULATED) is written beside the evaluation report and linked from it.
 """
 from __future__ import annotations
