@@ -200,6 +200,13 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
     tc = conf.train
     lake_root = conf.lake.path("root")
     features = feature_names(tc.feature_set)
+    without_photometry = int(stats.raw.get("rows_without_photometry", 0) or 0)
+    if without_photometry and tc.mode != "image":
+        raise TrainingError(
+            f"the training table holds {without_photometry:,} rows without photometry (a labels-only catalog: objid "
+            f"and class, no ugriz), and train.mode={tc.mode} needs photometry for every row. Train with "
+            "train.mode=image, or rebuild the table (skyclass table) with train.mode=tabular or multimodal, which "
+            "leaves those rows out")
     missing = [f for f in features if f not in stats.normalisation]
     if missing:
         raise TrainingError(f"training statistics have no mean/std for {', '.join(missing)} (feature set "
