@@ -227,6 +227,8 @@ class TrainConfig:
     # Where rank 0 checkpoints each epoch (a run with the same version resumes from it); None = <models>/<version>.checkpoints
     checkpoint_dir: Optional[str] = None
     class_weights: bool = True
+    # Random flips and quarter turns of the training cutouts (input_pipeline.augment_image); validation never.
+    augment: bool = False
 
     def validate(self, where: str) -> None:
         _choice(self.mode, MODES, f"{where}.mode")
