@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
 	HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package
+.PHONY: setup test test-fast demo bench bench-accuracy bench-images clean cluster-up cluster-down cluster-status package
 
 setup: $(STAMP)
 
@@ -55,3 +55,8 @@ package: setup
 
 clean:
 	rm -rf lake models predictions reports bench-results spark-warehouse
+
+# The image network on the REAL SDSS cutouts of ../shared/data/sdss/ and the three-way comparison on the real
+# pairs (bench/images_bench.py; results in bench-results/images_bench.json, about 45 minutes on 2 cores).
+bench-images: setup
+	$(PY) bench/images_bench.py
