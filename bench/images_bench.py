@@ -207,23 +207,32 @@ def _train(spark, version: str, **train):
     return conf, train_model(spark, conf)
 
 
-def step_images(spark, runs, reader_rows: int) -> dict:
+def image_table(spark, reader_rows: int) -> dict:
+    """The image training table (rebuilt: the pairs step replaces it with the multimodal one) and the reader."""
     from skyclass import input_pipeline, lake
-    from skyclass.evaluate import evaluate
     from skyclass.training_table import build_training_table
 
     conf = _conf(**{"train.mode": "image"})
     table = build_training_table(spark, conf)
     print(f"[images] {table}", flush=True)
-    root = conf.lake.path("root")
-    spec = input_pipeline.InputSpec("image", (), {}, 64)
-    reader = input_pipeline.measure_reader_throughput(lake.training_split_path(root, "train"), spec,
-                                                      max_rows=reader_rows)
-    print(f"[images] Petastorm reader (decode + batch, 2 threads, no training): {reader['rows_per_s']:.0f} img/s "
-          f"over {reader['rows']:,} images", flush=True)
-    out = {"table_rows": table.rows, "reader": reader, "runs": {}}
+    out = {"table_rows": table.rows, "runs": {}}
+    if reader_rows:
+        spec = input_pipeline.InputSpec("image", (), {}, 64)
+        reader = input_pipeline.measure_reader_throughput(lake.training_split_path(conf.lake.path("root"), "train"),
+                                                          spec, max_rows=reader_rows)
+        print(f"[images] Petastorm reader (decode + batch, 2 threads, no training): {reader['rows_per_s']:.0f} "
+              f"img/s over {reader['rows']:,} images", flush=True)
+        out["reader"] = reader
+    return out
+
+
+def step_images(spark, runs, out: dict) -> dict:
+    from skyclass.evaluate import evaluate
+
+    root = _conf().lake.path("root")
     for name, train in runs:
         started = time.perf_counter()
+        print(f"[images] training {name}: {train}", flush=True)
         run_conf, result = _train(spark, f"img-{name}", mode="image", **train)
         truth, pred, _ = _test_predictions(result.path, root)
         entry = _scores(truth, pred)
@@ -339,22 +348,21 @@ def main(argv=None) -> int:
                 results["import"] = step_import(spark, args.limit)
                 _save(results)
             weights = None
+            small = dict(backbone="small_cnn", batch_size=64, epochs=args.epochs, reduce_lr_patience=2)
+            if args.steps_per_epoch:
+                small["steps_per_epoch"] = args.steps_per_epoch
+            # The best model first, then the pairs (they need its weights), then what the time left allows: every
+            # finished run is saved to images_bench.json at once.
+            extra = [("small_cnn-no-augment", dict(small))]
+            for backbone in [b for b in args.large_backbones.split(",") if b]:
+                extra.append((backbone, dict(backbone=backbone, batch_size=32, epochs=args.large_epochs,
+                                             steps_per_epoch=args.large_steps, augment=True, learning_rate=5e-4)))
             if "images" in steps:
-                small = dict(backbone="small_cnn", batch_size=64, epochs=args.epochs, reduce_lr_patience=2)
-                if args.steps_per_epoch:
-                    small["steps_per_epoch"] = args.steps_per_epoch
-                runs = [("small_cnn-augment", dict(small, augment=True)), ("small_cnn-no-augment", dict(small))]
-                for backbone in [b for b in args.large_backbones.split(",") if b]:
-                    runs.append((backbone, dict(backbone=backbone, batch_size=32, epochs=args.large_epochs,
-                                                steps_per_epoch=args.large_steps, augment=True,
-                                                learning_rate=5e-4)))
-                results["images"] = step_images(spark, runs, args.reader_rows)
+                results["images"] = image_table(spark, args.reader_rows)
+                step_images(spark, [("small_cnn-augment", dict(small, augment=True))], results["images"])
                 _save(results)
                 weights = results["images"]["runs"]["small_cnn-augment"]["image_weights"]
-                rate = max(r["train_img_per_s"] or 0 for r in results["images"]["runs"].values())
-                reader = results["images"]["reader"]["rows_per_s"]
-                print(f"[images] reader {reader:.0f} img/s vs the fastest training {rate:.0f} img/s: "
-                      f"{reader / rate if rate else float('nan'):.1f}x (target >= 3x)", flush=True)
+                _reader_ratio(results)
             if "pairs" in steps:
                 if weights is None:
                     candidate = os.path.join(BENCH, "models", "img-small_cnn-augment",
@@ -364,10 +372,23 @@ def main(argv=None) -> int:
                               reduce_lr_patience=2, early_stopping_patience=4)
                 results["pairs"] = step_pairs(spark, weights, common)
                 _save(results)
+            if "images" in steps and extra:
+                image_table(spark, 0)
+                step_images(spark, extra, results["images"])
+                _save(results)
+                _reader_ratio(results)
         finally:
             spark.stop()
     print(json.dumps(_summary(results), indent=2), flush=True)
     return 0
+
+
+def _reader_ratio(results: dict) -> None:
+    runs = results["images"]["runs"].values()
+    rate = max(r["train_img_per_s"] or 0 for r in runs)
+    reader = results["images"].get("reader", {}).get("rows_per_s", float("nan"))
+    print(f"[images] reader {reader:.0f} img/s vs the fastest training {rate:.0f} img/s: "
+          f"{reader / rate if rate else float('nan'):.1f}x (target >= 3x)", flush=True)
 
 
 def _save(results: dict) -> None:

@@ -114,3 +114,37 @@ def test_tabular_and_multimodal_refuse_rows_without_photometry(spark, conf_for, 
         with pytest.raises(TrainingError, match=f"{len(ids)} rows without photometry.*train.mode={mode}"):
             build_plan(conf, stats, "v1")
     assert build_plan(image_conf, stats, "v1").phases[0].spec.mode == "image"
+
+
+@pytest.mark.slow
+def test_image_training_without_photometry_exports_weights_and_evaluates_unlabelled(spark, conf_for, tmp_path):
+    """The real jobs on a labels-only import: Horovod image training, the exported image branch loading into a
+    multimodal model, and an evaluation without the SIMULATED label (the cutouts' source says import)."""
+    from skyclass.evaluate import evaluate
+    from skyclass.models import build_model
+    from skyclass.package import ModelPackage
+    from skyclass.train import train_model
+
+    conf = conf_for(train={"mode": "image", "batch_size": 16, "image_size_px": 32, "num_proc": 2, "epochs": 2,
+                           "fusion_units": [8], "batch_norm": False, "dropout": 0.0, "warmup_epochs": 0,
+                           "augment": True, "version": "real-img"},
+                    split={"group_by": "field", "salt": SALT}, evaluate={"baselines": []},
+                    cutouts={"rows_per_row_group": 20})
+    ids, classes = _objects(n_fields=40, per_field=4)
+    _import_labelled(spark, conf, tmp_path, ids, classes)
+    build_training_table(spark, conf)
+    result = train_model(spark, conf)
+    assert result.image_weights and os.path.isfile(result.image_weights)
+    package = ModelPackage.load(result.path)
+    assert package.metadata["simulated_images"] is False
+
+    trained = package.load_model().get_layer("small_cnn").get_weights()
+    fused = build_model("multimodal", n_features=5, image_size_px=32, weights=result.image_weights,
+                        batch_norm=False)
+    for a, b in zip(fused.get_layer("small_cnn").get_weights(), trained):
+        np.testing.assert_array_equal(a, b)
+
+    report = evaluate(spark, conf)
+    assert report.simulated is False and report.report["simulated_results"] == []
+    with open(os.path.join(report.path, "report.md"), encoding="utf-8") as fh:
+        assert "SIMULATED" not in fh.read()
