@@ -148,3 +148,20 @@ def test_image_training_without_photometry_exports_weights_and_evaluates_unlabel
     assert report.simulated is False and report.report["simulated_results"] == []
     with open(os.path.join(report.path, "report.md"), encoding="utf-8") as fh:
         assert "SIMULATED" not in fh.read()
+
+
+def test_augmentation_gives_the_eight_orientations_of_the_square():
+    import tensorflow as tf
+
+    from skyclass.input_pipeline import augment_image
+
+    image = np.arange(4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
+    symmetries = [np.rot90(m, k) for m in (image, image[:, ::-1]) for k in range(4)]
+    tf.random.set_seed(0)
+    seen = set()
+    for _ in range(80):
+        out = augment_image(tf.constant(image)).numpy()
+        matches = [i for i, s in enumerate(symmetries) if np.array_equal(out, s)]
+        assert len(matches) == 1, "not a flip/rotation of the input"
+        seen.add(matches[0])
+    assert seen == set(range(8))
