@@ -254,24 +254,45 @@ def step_images(spark, runs, out: dict) -> dict:
     return out
 
 
-def step_pairs(spark, weights: str, train_common: dict) -> dict:
+def step_pairs(spark, weights: str, train_common: dict, *, only=None, build_table: bool = True,
+               predictions_dir: str = None) -> dict:
+    """``only``: the runs to train here (others are read from ``predictions_dir``, where every run leaves its test
+    predictions, so runs made by several processes on the same table are compared object by object)."""
     from skyclass.metrics import mcnemar_exact_p
     from skyclass.training_table import build_training_table
 
     conf = _conf(**{"train.mode": "multimodal"})
-    table = build_training_table(spark, conf)
-    print(f"[pairs] {table}", flush=True)
+    out = {"runs": {}}
+    if build_table:
+        table = build_training_table(spark, conf)
+        print(f"[pairs] {table}", flush=True)
+        out["table_rows"] = table.rows
     root = conf.lake.path("root")
+    predictions_dir = predictions_dir or BENCH
     runs = [("tabular", dict(mode="tabular")), ("image", dict(mode="image")),
             ("multimodal", dict(mode="multimodal"))]
     if weights:
         runs.append(("multimodal-sdss-weights", dict(mode="multimodal", weights=weights)))
-    out = {"table_rows": table.rows, "runs": {}}
     correct = {}
     ids_of = {}
-    for name, train in runs:
-        _, result = _train(spark, f"pairs-{name}", **{**train_common, **train})
-        truth, pred, ids = _test_predictions(result.path, root)
+    names = [n for n, _ in runs]
+    for name in (only or []):
+        if name not in names:
+            names.append(name)
+    for name in names:
+        saved = os.path.join(predictions_dir, f"pairs-{name}.npz")
+        train = dict(runs).get(name)
+        if train is not None and (only is None or name in only):
+            print(f"[pairs] training {name}", flush=True)
+            _, result = _train(spark, f"pairs-{name}", **{**train_common, **train})
+            truth, pred, ids = _test_predictions(result.path, root)
+            np.savez(saved, truth=truth, pred=pred, ids=ids, rate=result.samples_per_s or 0.0, epochs=result.epochs)
+        elif os.path.exists(saved):
+            data = np.load(saved)
+            truth, pred, ids = data["truth"], data["pred"], data["ids"]
+            result = type("Saved", (), {"samples_per_s": float(data["rate"]), "epochs": int(data["epochs"])})
+        else:
+            continue
         order = np.argsort(ids)
         ids_of[name] = ids[order]
         correct[name] = (truth == pred)[order]
@@ -279,6 +300,8 @@ def step_pairs(spark, weights: str, train_common: dict) -> dict:
         entry.update(train_img_per_s=result.samples_per_s, epochs=result.epochs)
         out["runs"][name] = entry
         print(f"[pairs] {name}: {_fmt(entry)}", flush=True)
+    if not all(k in out["runs"] for k in ("tabular", "image")):
+        return out
     for name in ids_of:
         if not np.array_equal(ids_of[name], ids_of["tabular"]):
             raise RuntimeError(f"{name} was scored on other test objects than tabular")
@@ -316,6 +339,12 @@ def main(argv=None) -> int:
     parser.add_argument("--scale-test", type=int, default=3000)
     parser.add_argument("--scale-epochs", type=int, default=4)
     parser.add_argument("--out", default=None, help="bench folder (default bench-results/images)")
+    parser.add_argument("--image-runs", default=None, help="image runs to train (default all)")
+    parser.add_argument("--no-image-table", action="store_true", help="use the image table already built")
+    parser.add_argument("--pairs-runs", default=None, help="pairs runs to train in this process (default all)")
+    parser.add_argument("--pairs-weights", default=None, help="image weights file for multimodal-sdss-weights")
+    parser.add_argument("--pairs-no-table", action="store_true", help="use the multimodal table already built")
+    parser.add_argument("--pairs-predictions", default=None, help="folder of the pairs runs' test predictions")
     args = parser.parse_args(argv)
     global BENCH
     BENCH = args.out or BENCH
@@ -357,12 +386,16 @@ def main(argv=None) -> int:
             for backbone in [b for b in args.large_backbones.split(",") if b]:
                 extra.append((backbone, dict(backbone=backbone, batch_size=32, epochs=args.large_epochs,
                                              steps_per_epoch=args.large_steps, augment=True, learning_rate=5e-4)))
-            if "images" in steps:
+            first = [("small_cnn-augment", dict(small, augment=True))]
+            if args.image_runs:
+                wanted = args.image_runs.split(",")
+                first = [r for r in first if r[0] in wanted]
+                extra = [r for r in extra if r[0] in wanted]
+            if "images" in steps and first:
                 results["images"] = image_table(spark, args.reader_rows)
-                step_images(spark, [("small_cnn-augment", dict(small, augment=True))], results["images"])
+                step_images(spark, first, results["images"])
                 _save(results)
                 weights = results["images"]["runs"]["small_cnn-augment"]["image_weights"]
-                _reader_ratio(results)
             if "pairs" in steps:
                 if weights is None:
                     candidate = os.path.join(BENCH, "models", "img-small_cnn-augment",
@@ -370,10 +403,16 @@ def main(argv=None) -> int:
                     weights = candidate if os.path.exists(candidate) else None
                 common = dict(backbone="small_cnn", batch_size=64, epochs=args.pairs_epochs, augment=True,
                               reduce_lr_patience=2, early_stopping_patience=4)
-                results["pairs"] = step_pairs(spark, weights, common)
+                weights = args.pairs_weights or weights
+                results["pairs"] = step_pairs(spark, weights, common,
+                                              only=args.pairs_runs.split(",") if args.pairs_runs else None,
+                                              build_table=not args.pairs_no_table,
+                                              predictions_dir=args.pairs_predictions)
                 _save(results)
             if "images" in steps and extra:
-                image_table(spark, 0)
+                results.setdefault("images", {"runs": {}})
+                if not args.no_image_table:
+                    image_table(spark, 0)
                 step_images(spark, extra, results["images"])
                 _save(results)
                 _reader_ratio(results)
@@ -385,14 +424,14 @@ def main(argv=None) -> int:
 
 def _reader_ratio(results: dict) -> None:
     runs = results["images"]["runs"].values()
-    rate = max(r["train_img_per_s"] or 0 for r in runs)
+    rate = max([r["train_img_per_s"] or 0 for r in runs] or [0])
     reader = results["images"].get("reader", {}).get("rows_per_s", float("nan"))
     print(f"[images] reader {reader:.0f} img/s vs the fastest training {rate:.0f} img/s: "
           f"{reader / rate if rate else float('nan'):.1f}x (target >= 3x)", flush=True)
 
 
 def _save(results: dict) -> None:
-    with open(os.path.join(RESULTS, "images_bench.json"), "w") as fh:
+    with open(os.path.join(BENCH + ".json"), "w") as fh:
         json.dump(results, fh, indent=2, default=str)
 
 
