@@ -7,8 +7,8 @@ STAMP := $(VENV)/.setup-done
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
 	HOROVOD_WITHOUT_MXNET=1 CMAKE_POLICY_VERSION_MINIMUM=3.5
 
-.PHONY: setup test test-fast demo bench bench-accuracy clean cluster-up cluster-down cluster-status package airflow \
-	check-hats
+.PHONY: setup test test-fast demo bench bench-accuracy bench-images clean cluster-up cluster-down cluster-status \
+	package airflow check-hats
 
 setup: $(STAMP)
 
@@ -66,3 +66,8 @@ clean:
 check-hats: setup
 	deploy/hats-venv.sh
 	$(PY) -m pytest -q tests/test_hats_lsdb.py
+
+# The image network on the REAL SDSS cutouts of ../shared/data/sdss/ and the three-way comparison on the real
+# pairs (bench/images_bench.py; results in bench-results/images_bench.json, about 45 minutes on 2 cores).
+bench-images: setup
+	$(PY) bench/images_bench.py

@@ -29,6 +29,10 @@ def _extract(spark, conf, args):
 
 
 def _cutouts(spark, conf, args):
+    if getattr(args, "import_path", None):
+        from skyclass.cutout_import import import_cutouts
+
+        return import_cutouts(spark, conf, args.import_path, name=args.name)
     from skyclass.cutouts import download_cutouts
 
     return download_cutouts(spark, conf)
@@ -130,7 +134,12 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
                                    help="reuse ranges staged by an interrupted run of another date"))),
     "cutouts": ("download image cutouts for catalog objects that lack one", _cutouts, lambda p: (
         p.add_argument("--catalog", choices=("catalog", "photometric"), help="lake table needing cutouts"),
-        p.add_argument("--max-objects", type=int, help="download at most this many (a sample)"))),
+        p.add_argument("--max-objects", type=int, help="download at most this many (a sample)"),
+        p.add_argument("--import", dest="import_path", metavar="PATH",
+                       help="import existing cutouts instead of downloading: a Parquet file with objid and jpeg "
+                            "columns, or a folder of <objid>.jpg/.png files"),
+        p.add_argument("--name", help="provenance name of an --import (source import:<name>; default: the "
+                                      "input's base name)"))),
     "table": ("join catalog and cutouts into the training table with its split and statistics", _table, None),
     "train": ("train a model with Horovod on Spark, streamed from the lake by Petastorm", _train, lambda p: (
         p.add_argument("--mode", choices=MODES),

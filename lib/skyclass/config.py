@@ -172,9 +172,16 @@ class CutoutsConfig:
     # One download per lake at a time (<lake>/_locks/cutouts.lock); a lock whose heartbeat (refreshed every
     # lock_ttl_s / 4) is older than this belongs to a dead run and is taken over.
     lock_ttl_s: float = 900.0
+    # `skyclass cutouts --import`: how an imported cutout of another size becomes size_px ("resize" the whole
+    # field, or "crop" the centre at native scale; see cutout_import.py), and the imported cutouts' pixel scale.
+    # crop: measured better on real getjpeg cutouts (bench/images_bench.py --steps scale; README).
+    import_fit: str = "crop"
+    import_scale_arcsec_per_px: float = 0.4
 
     def validate(self, where: str) -> None:
         _positive(self.scale_arcsec_per_px, f"{where}.scale_arcsec_per_px")
+        _choice(self.import_fit, ("resize", "crop"), f"{where}.import_fit")
+        _positive(self.import_scale_arcsec_per_px, f"{where}.import_scale_arcsec_per_px")
         if not 64 <= self.size_px <= 2048:
             raise ConfigError(f"{where}.size_px must be within 64..2048 (SkyServer clamps to that), got {self.size_px}")
         _choice(self.catalog, ("catalog", "photometric"), f"{where}.catalog")
@@ -189,14 +196,21 @@ class CutoutsConfig:
                               f"{where}.rows_per_file ({self.rows_per_file}): a row group never spans files")
 
 
+SPLIT_GROUPS = ("object", "field")
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     train: float = 0.8
     validation: float = 0.1
     test: float = 0.1
     salt: str = "skyclass-v1"  # changing it reshuffles the split
+    # What one hash decides the split of: "object" (each objid alone) or "field" (run, camcol, field: every
+    # object of an SDSS field lands in the same split; neighbours share sky, seeing and calibration).
+    group_by: str = "object"
 
     def validate(self, where: str) -> None:
+        _choice(self.group_by, SPLIT_GROUPS, f"{where}.group_by")
         for name in ("train", "validation", "test"):
             _non_negative(getattr(self, name), f"{where}.{name}")
         if abs(self.train + self.validation + self.test - 1.0) > 1e-6:
@@ -237,6 +251,8 @@ class TrainConfig:
     # Where rank 0 checkpoints each epoch (a run with the same version resumes from it); None = <models>/<version>.checkpoints
     checkpoint_dir: Optional[str] = None
     class_weights: bool = True
+    # Random flips and quarter turns of the training cutouts (input_pipeline.augment_image); validation never.
+    augment: bool = False
 
     def validate(self, where: str) -> None:
         _choice(self.mode, MODES, f"{where}.mode")

@@ -153,7 +153,12 @@ def evaluate(spark, conf) -> EvaluationResult:
             log.info("evaluated package %s (%s, %s): accuracy %.4f", package.version, package.mode,
                      package.feature_set, entry["metrics"]["accuracy"])
 
-        for feature_set in conf.evaluate.feature_sets:
+        # A labels-only table (imported cutouts without photometry) gives the photometric baselines nothing to fit.
+        baseline_sets = () if table_stats.get("rows_without_photometry") else conf.evaluate.feature_sets
+        if not baseline_sets and conf.evaluate.feature_sets:
+            log.info("no photometric baselines: the training table has %s rows without photometry",
+                     table_stats["rows_without_photometry"])
+        for feature_set in baseline_sets:
             for baseline in run_baselines(train_df, test_df, feature_set, features_of_set(conf, feature_set),
                                           conf.evaluate.baselines, class_names=class_names,
                                           predictions_dir=_predictions_url(out_dir, "")):

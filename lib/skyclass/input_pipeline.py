@@ -371,12 +371,35 @@ def fix_thread_pool_end_of_data_race() -> None:
     ThreadPool.all_workers_done = all_workers_done
 
 
+def augment_image(image, seed=None):
+    """One cutout under a random symmetry of the square: a left-right flip or not, then 0-3 quarter turns (the 8
+    orientations the sky may appear in; it has no preferred one). A TensorFlow function on a ``(S, S, 3)`` tensor.
+
+    Parameters
+    ----------
+    image : tf.Tensor
+    seed : int, optional
+        Op-level seed (with the global one, tf.keras.utils.set_random_seed, for reproducible runs).
+
+    Returns
+    -------
+    tf.Tensor
+        Same shape and dtype.
+    """
+    import tensorflow as tf
+
+    image = tf.image.random_flip_left_right(image, seed=seed)
+    turns = tf.random.uniform([], 0, 4, dtype=tf.int32, seed=None if seed is None else seed + 1)
+    return tf.image.rot90(image, k=turns)
+
+
 def make_dataset(reader, spec: InputSpec, *, batch_size: int, shuffle_buffer: int = 0,
-                 drop_remainder: bool = True, seed: Optional[int] = None):
+                 drop_remainder: bool = True, seed: Optional[int] = None, augment: bool = False):
     """tf.data pipeline over a reader: ``({"features": ..., "image": ...}, label)`` batches of ``batch_size``.
 
     Petastorm hands over whole row groups; they are split into rows and rebatched so every step has the same
-    batch size. Only the inputs the mode uses are in the dict.
+    batch size. Only the inputs the mode uses are in the dict. ``augment`` applies :func:`augment_image` to each
+    image (training only; a no-op for tabular specs).
     """
     import tensorflow as tf
     from petastorm.tf_utils import make_petastorm_dataset
@@ -384,6 +407,9 @@ def make_dataset(reader, spec: InputSpec, *, batch_size: int, shuffle_buffer: in
     dataset = make_petastorm_dataset(reader).unbatch()
     if shuffle_buffer > 1:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    if augment and spec.uses_image:
+        dataset = dataset.map(lambda row: row._replace(image=augment_image(row.image, seed)),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     uses_features, uses_image = spec.uses_features, spec.uses_image
 

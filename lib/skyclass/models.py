@@ -320,6 +320,7 @@ def _image_backbone(
             # Same layers in the same order (EfficientNet's extra imagenet-only Rescaling layer has no weights).
             net.set_weights(reference.get_weights())
     if weights is not None and weights != "imagenet":
+        _check_image_weights_match(os.fspath(weights), backbone, image_size_px, cnn_filters)
         _load_weights_file(net, os.fspath(weights), backbone)
     if backbone == "efficientnetb2" and weights is not None:
         _fix_efficientnet_normalization(net)
@@ -338,6 +339,88 @@ def _h5_layer_names(path: str) -> list[str]:
                 f"weights file {path!r} is HDF5 but not a Keras weights file (no 'layer_names' attribute)"
             )
         return [name.decode("utf8") if isinstance(name, bytes) else str(name) for name in names]
+
+
+# Attributes skyclass writes into an image-weights file (save_image_weights): what the weights were trained as.
+_WEIGHTS_ATTRS = ("skyclass_backbone", "skyclass_image_size_px", "skyclass_cnn_filters")
+IMAGE_WEIGHTS_SUFFIX = ".image-weights.h5"
+
+
+def save_image_weights(model: "tf.keras.Model", path: str | os.PathLike, *, backbone: str, image_size_px: int,
+                       cnn_filters: Sequence[int] = (32, 64, 128, 128)) -> str:
+    """Save the image branch (the nested backbone model) of an image or multimodal model as an HDF5 weights file
+    that ``build_model(weights=path)`` (config ``train.weights``) loads into the backbone of another model.
+
+    The file records the backbone, image size and ``small_cnn`` filters it was trained with, so loading it into a
+    different backbone or size is refused with a clear error instead of half-loading.
+
+    Parameters
+    ----------
+    model : tf.keras.Model
+        A model from build_model in image or multimodal mode (or a package's ``load_model()``).
+    path : path-like
+        Output ``.h5`` file.
+    backbone : str
+    image_size_px : int
+    cnn_filters : sequence of int
+
+    Returns
+    -------
+    str
+        The path written.
+
+    Raises
+    ------
+    ModelConfigError
+        The model has no ``backbone`` layer (a tabular model, or another backbone).
+    """
+    import h5py
+
+    try:
+        net = model.get_layer(backbone)
+    except ValueError:
+        raise ModelConfigError(f"model {model.name!r} has no {backbone!r} image branch to save (layers: "
+                               f"{', '.join(layer.name for layer in model.layers)})") from None
+    path = os.fspath(path)
+    net.save_weights(path)
+    with h5py.File(path, "a") as h5_file:
+        h5_file.attrs["skyclass_backbone"] = backbone
+        h5_file.attrs["skyclass_image_size_px"] = int(image_size_px)
+        h5_file.attrs["skyclass_cnn_filters"] = np.asarray(tuple(cnn_filters) if backbone == "small_cnn" else (),
+                                                           dtype=np.int64)
+    return path
+
+
+def image_weights_info(path: str | os.PathLike) -> dict | None:
+    """What a :func:`save_image_weights` file was trained as (``backbone``, ``image_size_px``, ``cnn_filters``),
+    or None for other weights files (Keras' own ``*_notop.h5``)."""
+    import h5py
+
+    with h5py.File(os.fspath(path), "r") as h5_file:
+        if "skyclass_backbone" not in h5_file.attrs:
+            return None
+        attrs = h5_file.attrs
+        backbone = attrs["skyclass_backbone"]
+        return {"backbone": backbone.decode() if isinstance(backbone, bytes) else str(backbone),
+                "image_size_px": int(attrs["skyclass_image_size_px"]),
+                "cnn_filters": tuple(int(v) for v in attrs["skyclass_cnn_filters"])}
+
+
+def _check_image_weights_match(path: str, backbone: str, image_size_px: int, cnn_filters: Sequence[int]) -> None:
+    info = image_weights_info(path)
+    if info is None:
+        return
+    want = {"backbone": backbone, "image_size_px": int(image_size_px),
+            "cnn_filters": tuple(cnn_filters) if backbone == "small_cnn" else ()}
+    different = [k for k in want if info[k] != want[k]]
+    if different:
+        raise ModelConfigError(
+            f"weights file {path!r} holds a {info['backbone']} image branch trained at {info['image_size_px']} px"
+            + (f" with filters {list(info['cnn_filters'])}" if info["cnn_filters"] else "")
+            + f", but this model has backbone {backbone!r} at {image_size_px} px"
+            + (f" with filters {list(want['cnn_filters'])}" if want["cnn_filters"] else "")
+            + f" ({', '.join(different)} differ); set train.backbone / train.image_size_px to the file's, or use "
+            "weights trained for this model")
 
 
 def _load_weights_file(net: "tf.keras.Model", path: str, backbone: str) -> None:

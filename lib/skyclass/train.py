@@ -81,6 +81,7 @@ class TrainPlan:
     num_proc: int
     seed: int = SEED
     reduce_lr_patience: Optional[int] = None
+    augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class TrainResult:
     samples_per_s: Optional[float]  # training throughput of the main model, all processes together
     num_proc: int
     history: Mapping[str, list] = field(repr=False, default_factory=dict)
+    image_weights: Optional[str] = None  # the image branch's weights file (train.weights loads it), if any
 
     def __str__(self) -> str:
         rate = f"{self.samples_per_s:,.0f} samples/s" if self.samples_per_s else "no new epochs"
@@ -115,6 +117,8 @@ class TrainResult:
                          f"{self.tabular_validation_accuracy:.4f}")
         lines.append(f"  {self.epochs} epochs{resumed}{stopped} on {self.num_proc} Horovod processes, "
                      f"{self.elapsed_s:.1f} s, {rate}")
+        if self.image_weights:
+            lines.append(f"  image branch weights: {self.image_weights} (train.weights loads them)")
         return "\n".join(lines)
 
 
@@ -192,6 +196,7 @@ def train_model(spark, conf: Config) -> TrainResult:
     from skyclass.inference import add_cpu_models_from_lake
 
     add_cpu_models_from_lake(path, lake_root)
+    image_weights = _export_image_weights(path, conf) if tc.mode != "tabular" else None
     result = TrainResult(
         path=path, version=version, mode=tc.mode,
         validation_loss=main["validation"]["loss"], validation_accuracy=main["validation"]["accuracy"],
@@ -199,9 +204,22 @@ def train_model(spark, conf: Config) -> TrainResult:
         tabular_validation_accuracy=tabular["validation"]["accuracy"],
         epochs=len(main["records"]), initial_epoch=main["initial_epoch"], stopped_early=main["stopped_early"],
         elapsed_s=time.perf_counter() - started, samples_per_s=_typical_rate(main), num_proc=tc.num_proc,
-        history=metadata["history"])
+        history=metadata["history"], image_weights=image_weights)
     log.info("%s", result)
     return result
+
+
+def _export_image_weights(package_path: str, conf: Config) -> str:
+    """The trained image branch as ``<models>/<version>.image-weights.h5`` (beside the package, not in it), which
+    ``train.weights`` loads into the backbone of another image or multimodal model (models.save_image_weights)."""
+    from skyclass.models import IMAGE_WEIGHTS_SUFFIX, save_image_weights
+    from skyclass.package import ModelPackage
+
+    target = package_path.rstrip("/") + IMAGE_WEIGHTS_SUFFIX
+    save_image_weights(ModelPackage.load(package_path).load_model(), target, backbone=conf.train.backbone,
+                       image_size_px=conf.train.image_size_px)
+    log.info("image branch weights (%s, %d px) written to %s", conf.train.backbone, conf.train.image_size_px, target)
+    return target
 
 
 def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) -> TrainPlan:
@@ -215,6 +233,13 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
     tc = conf.train
     lake_root = conf.lake.path("root")
     features = declared_features(tc)
+    without_photometry = int(stats.raw.get("rows_without_photometry", 0) or 0)
+    if without_photometry and tc.mode != "image":
+        raise TrainingError(
+            f"the training table holds {without_photometry:,} rows without photometry (a labels-only catalog: objid "
+            f"and class, no ugriz), and train.mode={tc.mode} needs photometry for every row. Train with "
+            "train.mode=image, or rebuild the table (skyclass table) with train.mode=tabular or multimodal, which "
+            "leaves those rows out")
     missing = [f for f in features if f not in stats.normalisation]
     if missing:
         raise TrainingError(f"training statistics have no mean/std for {', '.join(missing)} (feature set "
@@ -243,7 +268,7 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
         checkpoint_dir=os.path.join(checkpoint_dir, "") if "://" not in checkpoint_dir else checkpoint_dir,
         phases=tuple(phases), model_kwargs=model_kwargs, epochs=tc.epochs, batch_size=tc.batch_size,
         learning_rate=tc.learning_rate, warmup_epochs=tc.warmup_epochs, patience=tc.early_stopping_patience,
-        class_weight=weights, num_proc=tc.num_proc, reduce_lr_patience=tc.reduce_lr_patience)
+        class_weight=weights, num_proc=tc.num_proc, reduce_lr_patience=tc.reduce_lr_patience, augment=tc.augment)
 
 
 def _phase_plan(name, spec: InputSpec, tc, train_groups, validation_groups, model_kwargs) -> PhasePlan:
@@ -631,7 +656,8 @@ def _fit(plan: TrainPlan, phase: PhasePlan, model, records: list, initial_epoch:
                                        shard_count=phase.validation_shards, num_epochs=None,
                                        shuffle=False) as validation_reader:
         train = input_pipeline.make_dataset(train_reader, spec, batch_size=plan.batch_size,
-                                            shuffle_buffer=shuffle_buffer, seed=plan.seed + rank)
+                                            shuffle_buffer=shuffle_buffer, seed=plan.seed + rank,
+                                            augment=plan.augment)
         validation = input_pipeline.make_dataset(validation_reader, spec, batch_size=phase.validation_batch_size)
         model.fit(train, steps_per_epoch=phase.steps_per_epoch, epochs=plan.epochs, initial_epoch=initial_epoch,
                   validation_data=validation, validation_steps=phase.validation_steps,

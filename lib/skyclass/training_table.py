@@ -81,14 +81,36 @@ class TrainingTableResult:
         return "\n".join(lines)
 
 
-def split_fraction_column(salt: str):
-    """Spark Column: a number in [0, 1) fixed by ``salt`` and ``objid`` alone (uniform over objects).
+def split_group_key_column(group_by: str = "object"):
+    """Spark Column: the string the split hashes. ``object``: the objid; ``field``: ``"<run>-<camcol>-<field>"``,
+    decoded from the objID bits (:mod:`skyclass.objid`; SkyServer's run, camcol and field columns are those bits),
+    so every object of an SDSS field gets the same split, whichever table (catalog, labels, cutouts) it came from.
 
-    Equal to ``int(sha256(f"{salt}:{objid}").hexdigest()[:13], 16) / 16**13``.
+    Raises
+    ------
+    ValueError
+        An unknown ``group_by``.
     """
     from pyspark.sql import functions as F
 
-    digest = F.sha2(F.concat(F.lit(f"{salt}:"), F.col("objid").cast("string")), 256)
+    from skyclass import objid
+
+    if group_by == "object":
+        return F.col("objid").cast("string")
+    if group_by == "field":
+        return F.concat_ws("-", *[objid.part_column(p).cast("string") for p in objid.FIELD_KEY_PARTS])
+    raise ValueError(f"unknown split.group_by {group_by!r}; expected object or field")
+
+
+def split_fraction_column(salt: str, group_by: str = "object"):
+    """Spark Column: a number in [0, 1) fixed by ``salt`` and the row's group key alone (uniform over groups).
+
+    Equal to ``int(sha256(f"{salt}:{key}").hexdigest()[:13], 16) / 16**13`` with ``key`` the objid, or
+    ``f"{run}-{camcol}-{field}"`` for ``group_by="field"`` (see :func:`split_group_key_column`).
+    """
+    from pyspark.sql import functions as F
+
+    digest = F.sha2(F.concat(F.lit(f"{salt}:"), split_group_key_column(group_by)), 256)
     key = F.conv(F.substring(digest, 1, SPLIT_HASH_HEX_DIGITS), 16, 10).cast("double")
     return key / float(16 ** SPLIT_HASH_HEX_DIGITS)
 
@@ -97,7 +119,7 @@ def split_column(split: SplitConfig):
     """Spark Column: ``train``, ``validation`` or ``test`` for each object, by :func:`split_fraction_column`."""
     from pyspark.sql import functions as F
 
-    fraction = split_fraction_column(split.salt)
+    fraction = split_fraction_column(split.salt, getattr(split, "group_by", "object"))
     return (F.when(fraction < split.train, "train")
             .when(fraction < split.train + split.validation, "validation")
             .otherwise("test"))
@@ -220,9 +242,21 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
     started = time.monotonic()
     root = conf.lake.path("root")
     catalog_path = conf.lake.table("catalog")
+    labels_path = conf.lake.table("labels")
+    image_mode = conf.train.mode == "image"
+    has_labels = storage.table_exists(labels_path)
     if not storage.table_exists(catalog_path):
-        raise TrainingTableError(f"no catalog table at {catalog_path}; run `skyclass extract` first")
-    catalog = spark.read.parquet(storage.spark_uri(catalog_path))
+        if not has_labels:
+            raise TrainingTableError(f"no catalog table at {catalog_path}; run `skyclass extract` first (or, for "
+                                     "train.mode=image, import labelled cutouts with `skyclass cutouts --import`)")
+        if not image_mode:
+            raise TrainingTableError(
+                f"no catalog table at {catalog_path}, only the labels-only catalog {labels_path} (objid and class, no "
+                f"photometry): train.mode={conf.train.mode} needs ugriz photometry; run `skyclass extract` first, "
+                "or build the table for train.mode=image")
+        catalog = spark.createDataFrame([], lake.CATALOG.spark_schema())
+    else:
+        catalog = spark.read.parquet(storage.spark_uri(catalog_path))
     missing = [c for c in ("objid", "class", "quality", *lake.MAGNITUDES, "redshift") if c not in catalog.columns]
     if missing:
         raise TrainingTableError(f"catalog table {catalog_path} lacks column(s) {', '.join(missing)}; "
@@ -233,6 +267,17 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
         raise TrainingTableError(f"catalog table {catalog_path} lacks column(s) {', '.join(missing)}, which "
                                  f"train.features needs; re-run `skyclass extract` (it fetches what train.features "
                                  "needs from SkyServer; a CSV export must carry those columns)")
+    without_photometry = 0
+    labels_only = None
+    if has_labels:
+        # Labelled objects without photometry (imported cutouts with a class): rows of an image-only table.
+        labels_only = (spark.read.parquet(storage.spark_uri(labels_path)).select("objid", "class")
+                       .join(catalog.select("objid"), "objid", "left_anti").dropDuplicates(["objid"]))
+        if image_mode:
+            fill = {c: F.lit(None).cast(t) for c, t in ((m, "double") for m in (*lake.MAGNITUDES, "redshift"))}
+            catalog = catalog.unionByName(labels_only.select(
+                "objid", "class", F.lit(lake.QUALITY_OK).alias("quality"), *[v.alias(k) for k, v in fill.items()]),
+                allowMissingColumns=True)
 
     reasons = catalog.withColumn("reason", exclusion_reason_column())
     excluded = {r["reason"]: r["count"] for r in reasons.where(F.col("reason").isNotNull())
@@ -252,6 +297,17 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
             excluded["no_cutout"] = without_cutout
             log.info("training table: %d usable catalog rows excluded (no cutout yet; `skyclass cutouts` fetches "
                      "them)", without_cutout)
+
+    if labels_only is not None:
+        if image_mode:
+            without_photometry = usable.where(F.col("u").isNull()).count()
+        else:
+            # Tabular and multimodal models need photometry: labels-only rows are left out, and said so.
+            no_photometry = labels_only.count()
+            if no_photometry:
+                excluded["no_photometry"] = no_photometry
+                log.info("training table: %d labels-only objects (%s) left out: train.mode=%s needs photometry "
+                         "(build with train.mode=image to use them)", no_photometry, labels_path, conf.train.mode)
 
     catalog_simulated = _catalog_is_simulated(catalog_path)
     cutout_sources = {}
@@ -294,6 +350,9 @@ def build_training_table(spark, conf: Config) -> TrainingTableResult:
         "cutout_sources": cutout_sources,
         "catalog_simulated": catalog_simulated,
         "simulated": catalog_simulated or any(s in lake.SIMULATED_SOURCES for s in cutout_sources),
+        # Rows of a labels-only catalog (no photometry): only train.mode=image may train on such a table.
+        "rows_without_photometry": int(without_photometry),
+        "split_group_by": conf.split.group_by,
     }
     bytes_per_row = _cutout_bytes_per_row(spark, conf.lake.table("cutouts")) + _ROW_OVERHEAD_BYTES
     training_root = f"{root.rstrip('/')}/training"
