@@ -260,8 +260,9 @@ def test_nights_are_incremental_and_rescore_replaces_without_duplicates(spark, l
                                                                         packages, tmp_path):
     first = score_catalog(spark, _conf(lake_root, tmp_path, model=packages["v1"], run_date="2024-01-01"))
     assert (first.n_catalog, first.n_scored, first.n_skipped) == (N_OBJECTS, N_OBJECTS, 0)
-    # Loaded once per Python worker: local[2] runs two at a time and reuses them for every task and batch.
-    assert 1 <= first.model_loads <= 2
+    # At most once per Python worker: local[2] runs two at a time and reuses them for every task and batch (an
+    # earlier test of this session may have left v1 loaded in them: then 0).
+    assert first.model_loads <= 2
     night1, night1_path = _night(spark, _conf(lake_root, tmp_path), "2024-01-01")
     assert len(night1) == N_OBJECTS and night1["objid"].is_unique
     assert set(night1["objid"]) == set(expected_objects.index)
