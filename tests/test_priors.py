@@ -67,8 +67,8 @@ def test_resampling_reaches_the_asked_mix():
     labels = np.array([0] * 500 + [1] * 300 + [2] * 200)
     rows = resample_to_mix(labels, (0.6, 0.2, 0.2), seed=1)
     counts = np.bincount(labels[rows], minlength=3)
-    # Class 0 limits: 500 rows of it at 60% -> 833.3 rows: floor(499.99) = 499 of it, floor(166.67) = 166 each other.
-    assert counts.tolist() == [499, 166, 166]
+    # Class 0 limits the size: 500 rows of it at 60% -> 833.3 rows: all 500 of it, floor(166.67) = 166 of each other.
+    assert counts.tolist() == [500, 166, 166]
     assert len(set(rows.tolist())) == len(rows)
 
 
