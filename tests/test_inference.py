@@ -40,15 +40,16 @@ def keras_and_lite():
 def test_the_interpreter_takes_batches_of_any_size_and_matches_keras(keras_and_lite):
     keras, lite = keras_and_lite
     rng = np.random.default_rng(1)
-    # Full batch, smaller ones padded into the same tensors, a tiny one (resized), a larger one (resized).
-    for n in (256, 200, 129, 7, 300, 1):
+    # Batches of any size run in chunks of the rows the tensors were allocated for, the last chunk padded.
+    calls = 0
+    for n in (256, 200, 129, 7, 300, 1, 64, 65):
         inputs = {"features": rng.normal(size=(n, len(FEATURES))).astype(np.float32),
                   "image": rng.random((n, SIZE_PX, SIZE_PX, 3), dtype=np.float32)}
         got = lite(inputs)
         assert got.shape == (n, 3)
         np.testing.assert_allclose(got, keras(inputs), atol=1e-5)
-    # 256, then 200 and 129 padded into the 256-row tensors; 7, 300 and 1 each resized once.
-    assert lite.resizes == 4
+        calls += -(-n // lite.rows)
+    assert lite.rows == 64 and lite.invocations == calls
 
 
 def test_add_cpu_models_writes_checked_forms_covered_by_the_fingerprint(tmp_path):
@@ -95,7 +96,8 @@ def test_a_disagreeing_conversion_is_refused_and_the_package_stays_keras_only(tm
 
 def test_score_inference_is_checked_at_load():
     assert load_config(None, ["score.inference=tflite"]).score.inference == "tflite"
-    assert load_config(None).score.inference == "auto"
+    assert load_config(None).score.inference == "keras"
+    assert load_config(None, ["score.inference=auto"]).score.inference == "auto"
     with pytest.raises(ConfigError, match="score.inference must be one of auto, keras, tflite"):
         load_config(None, ["score.inference=xnnpack"])
 

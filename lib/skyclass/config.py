@@ -321,7 +321,9 @@ class ScoreConfig:
     run_date: Optional[str] = None  # YYYY-MM-DD; None = today (UTC)
     # Model runtime in the Python workers: keras, tflite (the package's TensorFlow Lite form, XNNPACK CPU kernels)
     # or auto (tflite when a worker sees no GPU and the package has the form, else keras); see skyclass.inference.
-    inference: str = "auto"
+    # keras by default: on this machine's CPUs (oneDNN, AVX-512) the TFLite form measured no faster per CPU second
+    # (bench/score_bench.py, README "Scoring performance").
+    inference: str = "keras"
     # The nightly run (skyclass run) exports the night as a HATS catalog after scoring (see the export section).
     export_hats: bool = False
     # Target class mix the calibrated probabilities are re-weighted to (skyclass.priors): None = the validation

@@ -45,6 +45,9 @@ BACKENDS = ("auto", "keras", "tflite")
 MAX_ABS_DIFF = 1e-4
 # Validation rows the CPU forms are checked on (decoded 64 px images: ~50 MB of float32 per 1,000 rows).
 AGREEMENT_MAX_ROWS = 2048
+# Rows per TensorFlow Lite invocation: small enough that the interpreter's preallocated activations stay ~0.1 GB
+# for the 64 px CNN, large enough that the per-invocation overhead is negligible.
+TFLITE_CHUNK_ROWS = 64
 # Task local property naming a folder where each Python worker appends one line per model load to
 # ``loads-<pid>.txt`` (a diagnostic: shows that models load once per worker, not per batch or task).
 LOAD_LOG_PROPERTY = "skyclass.inference.load_log"
@@ -230,50 +233,52 @@ class KerasModel(_Model):
 class TFLiteModel(_Model):
     """A TensorFlow Lite model (XNNPACK CPU kernels) taking any number of rows.
 
-    The interpreter's tensors are allocated for a number of rows and reused: a batch of up to that many rows (but
-    at least half) is padded with zero rows, whose outputs are dropped (rows are independent at inference), so the
-    usual stream of full Arrow batches, and their slightly smaller cutout subsets, never reallocate; another size
-    resizes the inputs once. One interpreter is not thread-safe: one per Python worker, as the cache keeps it.
+    The interpreter's tensors are allocated once, for :data:`TFLITE_CHUNK_ROWS` rows: a batch is run in chunks of
+    that many rows, the last one padded with zero rows whose outputs are dropped (rows are independent at
+    inference). So batches of any size never reallocate, and the interpreter's arena (the CNN's activations) stays
+    a quarter of what a 256-row allocation would hold. One interpreter is not thread-safe: one per Python worker,
+    as the cache keeps it.
     """
 
-    def __init__(self, model_bytes: bytes, num_threads: Optional[int] = None):
+    def __init__(self, model_bytes: bytes, num_threads: Optional[int] = None, chunk_rows: Optional[int] = None):
         import tensorflow as tf
 
         self.interpreter = tf.lite.Interpreter(model_content=model_bytes, num_threads=num_threads)
         runner = self.interpreter.get_signature_runner()
-        self._inputs = {name: detail["index"] for name, detail in runner.get_input_details().items()}
+        details = runner.get_input_details()
+        self._inputs = {name: detail["index"] for name, detail in details.items()}
         outputs = runner.get_output_details()
         if len(outputs) != 1:
             raise CpuModelError(f"a TensorFlow Lite model with one output was expected, got {sorted(outputs)}")
         self._output = next(iter(outputs.values()))["index"]
-        self._row_shapes = {name: tuple(int(d) for d in detail["shape_signature"][1:])
-                            for name, detail in runner.get_input_details().items()}
         self.input_names = tuple(self._inputs)
-        self.rows = 0  # rows the tensors are allocated for
-        self.resizes = 0
-
-    def _allocate(self, rows: int) -> None:
+        del runner  # it holds references into the interpreter's buffers, which allocate_tensors must not have
+        self.rows = int(chunk_rows or TFLITE_CHUNK_ROWS)  # rows the tensors are allocated for
+        self._padded = {}
         for name, index in self._inputs.items():
-            self.interpreter.resize_tensor_input(index, [rows, *self._row_shapes[name]], strict=True)
+            row_shape = tuple(int(d) for d in details[name]["shape_signature"][1:])
+            self.interpreter.resize_tensor_input(index, [self.rows, *row_shape], strict=True)
+            self._padded[name] = np.zeros((self.rows, *row_shape), np.float32)
         self.interpreter.allocate_tensors()
-        self.rows = rows
-        self.resizes += 1
+        self.invocations = 0
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         n = len(next(iter(inputs.values())))
-        if n == 0:
-            return np.zeros((0, 0), np.float32)
-        if not (self.rows // 2 <= n <= self.rows):
-            self._allocate(n)
-        for name, index in self._inputs.items():
-            value = np.ascontiguousarray(inputs[name], dtype=np.float32)
-            if n < self.rows:
-                padded = np.zeros((self.rows, *value.shape[1:]), np.float32)
-                padded[:n] = value
-                value = padded
-            self.interpreter.set_tensor(index, value)
-        self.interpreter.invoke()
-        return np.array(self.interpreter.get_tensor(self._output)[:n], dtype=np.float32)
+        chunks = []
+        for start in range(0, n, self.rows):
+            stop = min(n, start + self.rows)
+            for name, index in self._inputs.items():
+                value = np.asarray(inputs[name][start:stop], dtype=np.float32)
+                if stop - start < self.rows:
+                    padded = self._padded[name]
+                    padded[:stop - start] = value
+                    padded[stop - start:] = 0.0
+                    value = padded
+                self.interpreter.set_tensor(index, np.ascontiguousarray(value))
+            self.interpreter.invoke()
+            self.invocations += 1
+            chunks.append(np.array(self.interpreter.get_tensor(self._output)[:stop - start], dtype=np.float32))
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
