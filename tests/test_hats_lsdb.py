@@ -45,9 +45,9 @@ def _separation_arcsec(ra1, dec1, ra2, dec2):
 
 
 def test_lsdb_opens_cone_searches_and_cross_matches_the_export(spark, tmp_path, hats_python):
-    make_night_lake(f"{tmp_path}/lake", f"{tmp_path}/predictions", RUN_DATE, n_dense=4000, n_sparse=3000, seed=3)
+    make_night_lake(f"{tmp_path}/lake", f"{tmp_path}/predictions", RUN_DATE, n_dense=3000, n_sparse=1500, seed=3)
     conf = load_config(None, [f"lake.root={tmp_path}/lake", f"lake.predictions={tmp_path}/predictions",
-                              f"export.output={tmp_path}/exports", "export.max_rows_per_partition=600"])
+                              f"export.output={tmp_path}/exports", "export.max_rows_per_partition=400"])
     result = export.export_predictions(spark, conf)
     assert result.files > 10  # a real tiling, several orders deep, for LSDB to align
 
