@@ -315,7 +315,7 @@ def labelled_night(spark, conf, run_date: str):
     catalog = spark.read.parquet(storage.spark_uri(catalog_path))
     wanted = [c for c in conf.export.catalog_columns if c not in ("objid", "ra", "dec")]
     present = [c for c in wanted if c in catalog.columns and c not in predictions.columns]
-    skipped = [c for c in wanted if c not in catalog.columns]
+    skipped = [c for c in wanted if c not in catalog.columns and c not in predictions.columns]
     if skipped:
         log.info("export: the %s table has no column(s) %s; exported without them", catalog_name, skipped)
     positions = catalog.select("objid", "ra", "dec", *present).dropDuplicates(["objid"])
