@@ -56,7 +56,10 @@ def make_night_lake(root: str, predictions_root: str, run_date: str = "2026-01-0
     predictions = pd.DataFrame({
         "objid": objid, "predicted_class": np.array(CLASSES)[proba.argmax(axis=1)],
         "p_galaxy": proba[:, 0], "p_star": proba[:, 1], "p_qso": proba[:, 2],
-        "model_version": "v-test", "model_fingerprint": "sha256:test", "status": "ok"})
+        "model_version": "v-test", "model_fingerprint": "sha256:test", "status": "ok",
+        "domain": np.where(rng.random(n) < 0.1, "outside_magnitudes", "in"),
+        "domain_score": rng.uniform(0.0, 2.0, n).astype(np.float32), "skyclass_version": "test",
+        "data_release": "dr17", "scored_at": pd.Timestamp("2026-01-03T02:00:00", tz="UTC")})
     night = os.path.join(predictions_root, f"run_date={run_date}")
     os.makedirs(night, exist_ok=True)
     # Two files, as Spark would write a night.

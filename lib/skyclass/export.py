@@ -585,6 +585,10 @@ def write_fits(frame, path: str, *, run_date: str) -> ExportResult:
     from astropy.table import Table
 
     pdf = frame.orderBy("objid").toPandas()
+    # FITS binary tables have no timestamp type (astropy would store a Time object column): instants as ISO 8601 UTC.
+    for column in pdf.columns:
+        if pd.api.types.is_datetime64_any_dtype(pdf[column]):
+            pdf[column] = pdf[column].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").fillna("")
     table = Table.from_pandas(pdf)
     table.meta["EXTNAME"] = "SKYCLASS"
     table.meta["RUNDATE"] = run_date

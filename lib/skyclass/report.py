@@ -112,19 +112,8 @@ def render_markdown(report: Mapping) -> str:
                                  "scored by the package's tabular model, as `skyclass score` does.")
             lines.append("")
 
-    figures = report.get("figures") or []
-    if figures:
-        lines += ["## Figures", ""]
-        for figure in figures:
-            caption = figure["caption"] + (" (SIMULATED)" if figure.get("simulated") else "")
-            lines += [f"### {caption}", "", f"![{caption}]({figure['file']})", ""]
-
-    sky_maps = report.get("sky_maps") or []
-    if sky_maps:
-        lines += ["## Sky maps of scored nights", ""]
-        for sky_map in sky_maps:
-            caption = sky_map["caption"] + (" (SIMULATED)" if sky_map.get("simulated") else "")
-            lines += [f"### {caption}", "", f"![{caption}]({sky_map['file']})", ""]
+    lines += _figure_section("Figures", report.get("figures"))
+    lines += _figure_section("Sky maps of scored nights", report.get("sky_maps"))
 
     notes = list(report.get("notes") or [])
     if notes:
@@ -201,6 +190,17 @@ def _columns(rows: Mapping[str, Mapping]) -> list[str]:
     # AUC is left out when no model of the table has it, rather than a column of dashes.
     return [c for c in SUMMARY_COLUMNS if c != "roc_auc_ovr_macro"
             or any(m.get("roc_auc_ovr_macro") is not None for m in rows.values())]
+
+
+def _figure_section(title: str, entries) -> list[str]:
+    """Markdown of a report's figure entries (``file``, ``caption``, ``simulated``) under ``## title``."""
+    if not entries:
+        return []
+    lines = [f"## {title}", ""]
+    for entry in entries:
+        caption = entry["caption"] + (" (SIMULATED)" if entry.get("simulated") else "")
+        lines += [f"### {caption}", "", f"![{caption}]({entry['file']})", ""]
+    return lines
 
 
 def _counts(counts) -> str:
