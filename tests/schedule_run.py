@@ -20,7 +20,7 @@ def write_conf(path: Path, tmp_path: Path, standin_url: str, **extra: str) -> Pa
     epoch, and ``extra`` (``{"section.key": "value"}``): scheduled jobs get their config from SKYCLASS_CONF only."""
     conf = yaml.safe_load(CONF.read_text())
     sets = job_settings(tmp_path, standin_url, **{"train.epochs": "1", "train.early_stopping_patience": "1",
-                                                  "train.reduce_lr_patience": "1", **extra})
+                                                  "train.reduce_lr_patience": "null", **extra})
     for item in sets[1::2]:
         key, _, value = item.partition("=")
         section, name = key.split(".")
