@@ -551,10 +551,12 @@ def check_across_sections(conf: Config) -> None:
     ConfigError
         A rule is broken; the message names both keys and their values.
     """
-    if conf.extract.page_rows >= conf.skyserver.row_cap:
-        raise ConfigError(f"extract.page_rows ({conf.extract.page_rows}) must be < skyserver.row_cap "
-                          f"({conf.skyserver.row_cap}): a page of row_cap rows may be truncated by SkyServer, so "
-                          "every page would be split again")
+    # A page of exactly row_cap rows may have been cut by SkyServer and is split (extract's truncated-page path);
+    # a page asking for more than the cap always comes back cut, so every page would be fetched twice.
+    if conf.extract.page_rows > conf.skyserver.row_cap:
+        raise ConfigError(f"extract.page_rows ({conf.extract.page_rows}) must be <= skyserver.row_cap "
+                          f"({conf.skyserver.row_cap}): a page larger than the row cap always comes back truncated "
+                          "by SkyServer, so every page would be fetched again in halves")
     if conf.train.mode != "tabular" and conf.train.image_size_px > conf.cutouts.size_px:
         raise ConfigError(f"train.image_size_px ({conf.train.image_size_px}) must be <= cutouts.size_px "
                           f"({conf.cutouts.size_px}): the {conf.train.mode} model would train on upscaled cutouts; "
