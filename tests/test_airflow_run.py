@@ -75,7 +75,7 @@ def test_two_nights_with_a_failed_task_cleared_and_rerun(standalone_cluster, sta
     env = home.env(script_env(cluster.state_dir), SPARK_MASTER_URL=cluster.master_url,
                    DRIVER_PYTHON=sys.executable, SKYCLASS_HOME=str(ROOT), SKYCLASS_SUBMIT="submit-standalone.sh",
                    SKYCLASS_CONF=str(conf), SKYCLASS_MODELS=str(tmp_path / "models"), SKYCLASS_TRAIN_GPU="0",
-                   SKYCLASS_SKYSERVER_RETRIES="0", SKYCLASS_LOG_LEVEL="WARNING",
+                   SKYCLASS_SKYSERVER_RETRIES="0", SKYCLASS_LOG_LEVEL="WARNING", TZ="UTC",
                    # No scheduler runs here: the task runner must not mark downstream tasks "scheduled" for one
                    # (a task in that state is not run by `airflow tasks run`).
                    AIRFLOW__SCHEDULER__SCHEDULE_AFTER_TASK_EXECUTION="False")
@@ -142,8 +142,13 @@ def test_two_nights_with_a_failed_task_cleared_and_rerun(standalone_cluster, sta
     night_2_s = time.monotonic() - started
     night2 = home.task_instances(NIGHT_2)
     assert {t: i["state"] for t, i in night2.items()} == {t: "success" for t in ALL_TASKS}, second.stdout[-5000:]
-    assert_no_overlap(night2)
     sections = task_sections(second.stdout)
+    # `airflow dags test` records no start_date in the metadata DB (its end_date it does): a task's start is then
+    # the first line of its log (the task handler's timestamp, UTC because the env sets TZ=UTC, as the DB's are).
+    for task, instance in night2.items():
+        if instance["start"] is None and sections.get(task):
+            instance["start"] = sections[task][1:24].replace(",", ".")
+    assert_no_overlap(night2)
     assert "model package exists and retrain is false: not training" in sections["train_if_needed"]
     assert summaries(sections["train_if_needed"]) == []
     [scored] = summaries(sections["score"])
