@@ -355,8 +355,10 @@ def test_multimodal_training_on_two_horovod_processes(spark, conf_for, tmp_path)
     assert meta["simulated_images"] is True and meta["simulated_catalog"] is False
     assert meta["lake_snapshot"]["cutout_sources"] == stats["cutout_sources"]
     assert pkg.fingerprint.startswith("sha256:")
+    # With the TensorFlow Lite forms training writes (checked against Keras on the validation split).
     assert sorted(os.listdir(result.path)) == ["curves.png", "domain_reference.npz", "metadata.json", "model.keras",
-                                               "tabular.keras"]
+                                               "model.tflite", "tabular.keras", "tabular.tflite"]
+    assert meta["cpu_model"]["files"] == {"main": "model.tflite", "tabular": "tabular.tflite"}
     # Calibrated on the validation split, one fit per model; the domain reference came from the training split.
     assert meta["calibration"]["main"]["fitted_on"]["rows"] == meta["validation"]["objects"]
     assert meta["calibration"]["tabular"]["fitted_on"]["rows"] == meta["tabular_validation"]["objects"]
