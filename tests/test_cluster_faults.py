@@ -31,7 +31,7 @@ NIGHT = "2026-02-01"
 def _cutouts_lake(cluster, standin_factory, tmp_path: Path):
     labelled = make_labelled(N_LABELLED, seed=5)
     server = standin_factory(catalogs=[labelled, make_photometric(10, seed=6)])
-    sets = job_settings(tmp_path, server.url, **{"cutouts.rows_per_file": "20"})
+    sets = job_settings(tmp_path, server.url, **{"cutouts.rows_per_file": "20", "cutouts.rows_per_row_group": "20"})
     submit(cluster, tmp_path / "events", "extract_catalog", *sets)
     return labelled, server, sets
 

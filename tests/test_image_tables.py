@@ -137,6 +137,7 @@ def test_image_training_without_photometry_exports_weights_and_evaluates_unlabel
     assert result.image_weights and os.path.isfile(result.image_weights)
     package = ModelPackage.load(result.path)
     assert package.metadata["simulated_images"] is False
+    assert package.domain_reference() is None  # no photometry: no in-domain reference, no domain flags
 
     trained = package.load_model().get_layer("small_cnn").get_weights()
     fused = build_model("multimodal", n_features=5, image_size_px=32, weights=result.image_weights,

@@ -117,3 +117,19 @@ def test_cli_adds_the_cpu_model_from_the_lakes_validation_split(tmp_path, capsys
     other = make_package(tmp_path / "models", "cli2", seed=14)
     assert cli.main(["package", "--add-cpu-model", other, "--set", f"lake.root={tmp_path / 'none'}"]) == 1
     assert "skyclass table" in capsys.readouterr().err and not ModelPackage.load(other).has_cpu_model
+
+
+def test_the_converters_own_report_stays_off_the_terminal_unless_verbose(capfd, monkeypatch):
+    """The TensorFlow Lite converter writes its "Summary on the non-converted ops" straight to file descriptor
+    2; a user's terminal gets it only with --verbose (SKYCLASS_VERBOSE=1)."""
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([tf.keras.layers.Input((4,)), tf.keras.layers.Dense(3)])
+    monkeypatch.delenv("SKYCLASS_VERBOSE", raising=False)
+    capfd.readouterr()
+    assert convert_to_tflite(model)
+    quiet = capfd.readouterr()
+    assert "non-converted ops" not in quiet.err + quiet.out
+    monkeypatch.setenv("SKYCLASS_VERBOSE", "1")
+    convert_to_tflite(model)
+    assert "non-converted ops" in capfd.readouterr().err

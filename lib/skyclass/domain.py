@@ -265,7 +265,7 @@ def optional_reference(metadata: Mapping, read_file) -> Optional[DomainReference
     return DomainReference.from_stored(stored, read_file(stored.get("file", REFERENCE_FILE)))
 
 
-def domain_reference_from_training(spark, train_path: str, spec, domain_conf) -> DomainReference:
+def domain_reference_from_training(spark, train_path: str, spec, domain_conf) -> Optional[DomainReference]:
     """Build the domain reference of a package from the training split of the training table.
 
     Magnitude coverage comes from Spark's ``approxQuantile`` over the whole split (relative error 1e-4); the
@@ -283,7 +283,10 @@ def domain_reference_from_training(spark, train_path: str, spec, domain_conf) ->
 
     Returns
     -------
-    DomainReference
+    DomainReference or None
+        None when no training row has usable magnitudes in every band (an image-only package trained on a
+        labels-only catalog): there is no photometric domain to compare with, and the package's predictions
+        carry no domain flag, as those of a package from before domain flags.
 
     Raises
     ------
@@ -303,6 +306,11 @@ def domain_reference_from_training(spark, train_path: str, spec, domain_conf) ->
     for band in bands:
         clean = clean.where(f"{band} IS NOT NULL AND NOT isnan({band}) AND {band} > 0 AND {band} < 40")
     quantiles = clean.approxQuantile(bands, [low_q, high_q], 1e-4)
+    if any(len(q) < 2 for q in quantiles):
+        log.info("no in-domain reference: no row of the training split at %s has usable magnitudes in %s "
+                 "(a labels-only catalog); predictions of this package carry no domain flag", train_path,
+                 ", ".join(bands))
+        return None
     n = frame.count()
     fraction = min(1.0, 1.5 * domain_conf.reference_rows / max(n, 1))
     sample = (frame.select(*dict.fromkeys([*bands, *spec.features])).sample(fraction=fraction, seed=0)

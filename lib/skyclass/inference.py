@@ -403,10 +403,16 @@ def convert_to_tflite(model) -> bytes:
     """
     import tensorflow as tf
 
+    from skyclass.logs import native_output_captured
+
     try:
-        return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        # The converter's own report ("Summary on the non-converted ops", C++ warnings) is shown on failure only.
+        with native_output_captured() as printed:
+            return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     except Exception as err:  # the converter raises assorted types (ConverterError, ValueError, ...)
-        raise CpuModelError(f"TensorFlow Lite conversion failed ({type(err).__name__}: {err})") from err
+        tail = "\n".join(printed.text.strip().splitlines()[-20:])
+        raise CpuModelError(f"TensorFlow Lite conversion failed ({type(err).__name__}: {err})"
+                            + (f"; the converter printed:\n{tail}" if tail else "")) from err
 
 
 def add_cpu_models(package_path: str, rows: pd.DataFrame) -> str:

@@ -3,8 +3,10 @@
 starts call :func:`quiet_third_party_warnings` (they inherit ``SKYCLASS_VERBOSE``, not the driver's logging)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from typing import Iterator
 
 # Third-party loggers whose INFO lines speak to their own developers, not to a skyclass user: py4j logs a
 # ConnectionResetError traceback at INFO when Spark's callback socket closes at the end of a run (not an error),
@@ -50,3 +52,42 @@ def quiet_third_party_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*pyarrow\.")
     warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
+
+
+class NativeOutput:
+    """What native code (TensorFlow's C++ and MLIR, which write to file descriptors 1 and 2 themselves, past
+    Python's logging) printed inside a :func:`native_output_captured` block."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+
+@contextlib.contextmanager
+def native_output_captured() -> Iterator[NativeOutput]:
+    """Hold what native code writes to stdout/stderr during the block (the TensorFlow Lite converter's "Summary
+    on the non-converted ops" and its C++ warnings) instead of letting it reach the user's terminal; the caller
+    decides whether to show it (on failure). With ``SKYCLASS_VERBOSE=1`` nothing is held back."""
+    held = NativeOutput()
+    if os.environ.get("SKYCLASS_VERBOSE") == "1":
+        yield held
+        return
+    import sys
+    import tempfile
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            held.text = sink.read().decode("utf-8", errors="replace")
