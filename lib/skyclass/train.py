@@ -446,8 +446,8 @@ def _train_on_horovod(plan: TrainPlan) -> Optional[dict]:
     summary = {}
     for phase in plan.phases:
         summary[phase.name] = _train_phase(plan, phase, tf, hvd, hvd_tf)
-    # Rank 0 evaluates alone at the end of each phase; keep the others here until it is done, so no process
-    # leaves the Horovod job while another may still need it.
+    # Rank 0 alone exports and checkpoints at the end of each phase; keep the others here until it is done, so no
+    # process leaves the Horovod job while another may still need it.
     hvd_tf.broadcast_object(0, root_rank=0, name="skyclass_done")
     return summary if rank == 0 else None
 
@@ -597,6 +597,8 @@ def _train_phase(plan: TrainPlan, phase: PhasePlan, tf, hvd, hvd_tf) -> Optional
         log.info("%s model: checkpoint already complete (%d epochs%s)", phase.name, initial_epoch,
                  ", stopped early" if stopped_early else "")
 
+    # Every process evaluates the final weights on its shard of the validation split; rank 0 gathers the parts.
+    validation = _evaluate_sharded(plan, phase, model, rank, hvd_tf)
     if rank != 0:
         return None
     # A clean copy compiled with a plain optimizer: the Horovod-wrapped one would not load without Horovod.
@@ -605,7 +607,6 @@ def _train_phase(plan: TrainPlan, phase: PhasePlan, tf, hvd, hvd_tf) -> Optional
     compile_model(export, tf.keras.optimizers.legacy.Adam(plan.learning_rate))
     checkpoint.save(export, {"epoch": len(records), "records": records, "stopped_early": stopped_early,
                              "fingerprint": dict(phase.fingerprint)})
-    validation = _evaluate_rank0(plan, phase, export)
     log.info("%s model: validation loss %.4f, accuracy %.4f over %d objects", phase.name, validation["loss"],
              validation["accuracy"], validation["objects"])
     # The validation probabilities travel back for calibration (skyclass.calibration), not into metadata.json.
@@ -672,27 +673,45 @@ def _fit(plan: TrainPlan, phase: PhasePlan, model, records: list, initial_epoch:
     return stopped_early
 
 
-def _evaluate_rank0(plan: TrainPlan, phase: PhasePlan, model) -> dict:
-    """Loss and accuracy of the final weights over the whole validation split (one pass, unsharded)."""
-    with input_pipeline.open_reader(plan.validation_path, phase.spec, num_epochs=1, shuffle=False) as reader:
+def _evaluate_sharded(plan: TrainPlan, phase: PhasePlan, model, rank: int, hvd_tf) -> Optional[dict]:
+    """Loss and accuracy of the final weights over the whole validation split, each process evaluating its own
+    shard (every row group once; rank 0 alone when the split has fewer row groups than processes), the parts
+    gathered with ``allgather_object``. Returns the totals on rank 0, None elsewhere."""
+    shards = phase.validation_shards
+    if shards is None:
+        part = _evaluate_part(plan, phase, model) if rank == 0 else None
+    else:
+        part = _evaluate_part(plan, phase, model, cur_shard=rank, shard_count=shards)
+    parts = [p for p in hvd_tf.allgather_object(part, name=f"skyclass_validation_{phase.name}") if p is not None]
+    return _combine_validation(parts) if rank == 0 else None
+
+
+def _evaluate_part(plan: TrainPlan, phase: PhasePlan, model, **shard) -> dict:
+    """One pass over (a shard of) the validation split: the loss sum, correct count, probabilities and labels."""
+    with input_pipeline.open_reader(plan.validation_path, phase.spec, num_epochs=1, shuffle=False,
+                                    **shard) as reader:
         dataset = input_pipeline.make_dataset(reader, phase.spec, batch_size=plan.batch_size, drop_remainder=False)
-        loss_sum, correct, objects = 0.0, 0, 0
         all_proba, all_labels = [], []
         for inputs, labels in dataset:
-            proba = model(inputs, training=False).numpy()
-            labels = labels.numpy()
-            all_proba.append(proba)
-            all_labels.append(labels)
-            # Keras clips probabilities at its epsilon (1e-7) in cross-entropy: same here, so the numbers compare.
-            picked = np.clip(proba[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
-            loss_sum += float(-np.log(picked).sum())
-            correct += int((proba.argmax(axis=1) == labels).sum())
-            objects += len(labels)
-    arrays = {"proba": np.concatenate(all_proba) if all_proba else np.zeros((0, 0), np.float32),
-              "labels": np.concatenate(all_labels) if all_labels else np.zeros(0, np.int64)}
+            all_proba.append(model(inputs, training=False).numpy())
+            all_labels.append(labels.numpy())
+    return {"proba": all_proba, "labels": all_labels}
+
+
+def _combine_validation(parts: list[dict]) -> dict:
+    """The validation totals from the processes' parts (see :func:`_evaluate_sharded`)."""
+    probas = [p for part in parts for p in part["proba"]]
+    labels = [y for part in parts for y in part["labels"]]
+    arrays = {"proba": np.concatenate(probas) if probas else np.zeros((0, 0), np.float32),
+              "labels": np.concatenate(labels) if labels else np.zeros(0, np.int64)}
+    objects = len(arrays["labels"])
     if objects == 0:
         return {"loss": float("nan"), "accuracy": float("nan"), "objects": 0, **arrays}
-    return {"loss": loss_sum / objects, "accuracy": correct / objects, "objects": objects, **arrays}
+    proba, y = arrays["proba"], arrays["labels"]
+    # Keras clips probabilities at its epsilon (1e-7) in cross-entropy: same here, so the numbers compare.
+    picked = np.clip(proba[np.arange(objects), y], 1e-7, 1 - 1e-7)
+    return {"loss": float(-np.log(picked).sum()) / objects, "accuracy": float((proba.argmax(axis=1) == y).mean()),
+            "objects": objects, **arrays}
 
 
 def _epoch_end_callback(phase: PhasePlan, records: list, checkpoint: Optional["_Checkpoint"], epochs: int):
