@@ -45,17 +45,18 @@ def build_package(models_dir: str) -> str:
     """An untrained multimodal small_cnn package at 64 px with its TensorFlow Lite forms (checked against Keras on
     simulated rows), run in a subprocess: TensorFlow stays out of the driver whose memory is measured."""
     from skyclass import lake
+    from skyclass.features import COLOURS, PHOTOMETRIC_FEATURES
     from skyclass.config import CLASSES
     from skyclass.inference import add_cpu_models
     from skyclass.models import build_model
     from skyclass.package import keras_model_bytes, write_package
     from skyclass.score import clean_photometry
 
-    features = list(lake.PHOTOMETRIC_FEATURES)
+    features = list(PHOTOMETRIC_FEATURES)
     main_model = build_model("multimodal", n_features=len(features), image_size_px=64)
     tabular = build_model("tabular", n_features=len(features))
     normalisation = {**{m: {"mean": 18.0, "std": 1.5} for m in lake.MAGNITUDES},
-                     **{c: {"mean": 0.5, "std": 0.5} for c in lake.COLOURS}}
+                     **{c: {"mean": 0.5, "std": 0.5} for c in COLOURS}}
     metadata = {"mode": "multimodal", "backbone": "small_cnn", "feature_set": "photometric", "features": features,
                 "classes": list(CLASSES), "normalisation": normalisation, "image_size_px": 64,
                 "note": "untrained, for the scoring benchmark only"}

@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     logging.getLogger("skyclass").setLevel(logging.INFO)
 
     from skyclass import input_pipeline, lake
+    from skyclass.features import PHOTOMETRIC_FEATURES
     from skyclass.config import SparkConfig, load_config
     from skyclass.session import build_spark
     from skyclass.train import train_model
@@ -54,8 +55,8 @@ def main(argv=None) -> int:
         stats = write_training_lake(lake_root, rows=rows, rows_per_group=groups, size_px=args.size_px, seed=1)
         generate_s = time.perf_counter() - started
 
-        spec = input_pipeline.InputSpec("multimodal", lake.PHOTOMETRIC_FEATURES,
-                                        {f: stats["features"][f] for f in lake.PHOTOMETRIC_FEATURES}, args.size_px)
+        spec = input_pipeline.InputSpec("multimodal", PHOTOMETRIC_FEATURES,
+                                        {f: stats["features"][f] for f in PHOTOMETRIC_FEATURES}, args.size_px)
         train_path = lake.training_split_path(str(lake_root), "train")
         input_pipeline.measure_reader_throughput(train_path, spec, max_rows=groups["train"])  # warm the page cache
         reader = input_pipeline.measure_reader_throughput(train_path, spec)

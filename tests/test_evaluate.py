@@ -8,13 +8,12 @@ import os
 
 import numpy as np
 import pytest
+from metrics_reference import classification_metrics
 from PIL import Image
-
 from skyclass.config import CLASSES
 from skyclass.evaluate import EvaluationError, best_baseline_comparisons, evaluate, predict_proba
-from skyclass.features import feature_names
-from skyclass.lake import PHOTOMETRIC_FEATURES, SPLITS, training_split_path
-from metrics_reference import classification_metrics
+from skyclass.features import PHOTOMETRIC_FEATURES, feature_names
+from skyclass.lake import SPLITS, training_split_path
 from skyclass.metrics import metrics_from_confusion
 from skyclass.report import SIMULATED_BANNER, render_markdown
 from test_baselines import make_training_frame, to_spark
@@ -209,7 +208,6 @@ def _banner_pixels(path) -> int:
 @pytest.mark.slow
 def test_evaluate_end_to_end_on_a_tiny_lake(spark, conf_for, tmp_path):
     import tensorflow as tf
-
     from skyclass.models import build_model, compile_model
 
     conf = conf_for(evaluate={"baselines": ["naive_bayes", "logistic_regression"]})

@@ -8,12 +8,13 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from PIL import Image
-
 from skyclass import features, lake, storage
+from skyclass.features import PAPER_FEATURES
 
 
 def test_schemas_derive_consistently():
-    for table in (lake.CATALOG, lake.PHOTOMETRIC, lake.CUTOUTS, lake.CUTOUT_FAILURES, lake.TRAINING,
+    for table in (lake.CATALOG, lake.PHOTOMETRIC, lake.CUTOUTS, lake.CUTOUT_FAILURES,
+                  lake.training_table(PAPER_FEATURES),
                   lake.PREDICTIONS):
         spark_schema = table.spark_schema()
         assert [f.name for f in spark_schema.fields] == table.names == table.arrow_schema().names

@@ -9,24 +9,31 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
 from skyclass import lake
 from skyclass.config import CLASSES, load_config
+from skyclass.features import COLOURS, PAPER_FEATURES, PHOTOMETRIC_FEATURES
 from skyclass.inference import InferenceError, KerasModel, WorkerModels
-from skyclass.score import (STATUS_BAD_PHOTOMETRY, STATUS_NO_CUTOUT, STATUS_OK, ScoreError, ScoringSpec,
-                            resolve_run_date, score_catalog, score_frame)
+from skyclass.score import (
+    STATUS_BAD_PHOTOMETRY,
+    STATUS_NO_CUTOUT,
+    STATUS_OK,
+    ScoreError,
+    ScoringSpec,
+    resolve_run_date,
+    score_catalog,
+    score_frame,
+)
 
-FEATURES = lake.PHOTOMETRIC_FEATURES
+FEATURES = PHOTOMETRIC_FEATURES
 # Hand-picked statistics (not computed from the data) so expected z-scores are easy to check.
 NORMALISATION = {**{m: {"mean": 18.0, "std": 1.5} for m in lake.MAGNITUDES},
-                 **{c: {"mean": 0.5, "std": 0.5} for c in lake.COLOURS}}
+                 **{c: {"mean": 0.5, "std": 0.5} for c in COLOURS}}
 SIZE_PX = 64
 
 
 def make_package(models_dir, version: str, mode: str = "multimodal", *, seed: int = 0) -> str:
     """A small untrained package written with skyclass.package (scoring does not care about the weights)."""
     import tensorflow as tf
-
     from skyclass.models import build_model
     from skyclass.package import keras_model_bytes, write_package
 
@@ -392,14 +399,14 @@ def test_driver_collects_aggregates_only(spark, lake_root, packages, tmp_path, m
 
 
 def test_package_needing_redshift_cannot_score_the_photometric_catalog(spark, lake_root, tmp_path):
-    from skyclass.package import keras_model_bytes, write_package
     from skyclass.models import build_model
+    from skyclass.package import keras_model_bytes, write_package
 
-    model = build_model("tabular", n_features=len(lake.PAPER_FEATURES), tabular_units=(4,), dropout=0.0)
+    model = build_model("tabular", n_features=len(PAPER_FEATURES), tabular_units=(4,), dropout=0.0)
     blob = keras_model_bytes(model)
     path = write_package(str(tmp_path / "models"), "paper", model_keras=blob, tabular_keras=blob, metadata={
-        "mode": "tabular", "features": list(lake.PAPER_FEATURES), "classes": list(CLASSES),
-        "normalisation": {f: {"mean": 0.0, "std": 1.0} for f in lake.PAPER_FEATURES}, "image_size_px": None})
+        "mode": "tabular", "features": list(PAPER_FEATURES), "classes": list(CLASSES),
+        "normalisation": {f: {"mean": 0.0, "std": 1.0} for f in PAPER_FEATURES}, "image_size_px": None})
     with pytest.raises(ScoreError, match="redshift"):
         score_catalog(spark, _conf(lake_root, tmp_path, model=path))
 
@@ -408,11 +415,11 @@ def test_paper_package_scores_rows_with_the_redshift_encodings_computed_here(tmp
     from skyclass.models import build_model
     from skyclass.package import keras_model_bytes, write_package
 
-    model = build_model("tabular", n_features=len(lake.PAPER_FEATURES), tabular_units=(8,), dropout=0.0)
+    model = build_model("tabular", n_features=len(PAPER_FEATURES), tabular_units=(8,), dropout=0.0)
     blob = keras_model_bytes(model)
     path = write_package(str(tmp_path / "models"), "paper", model_keras=blob, tabular_keras=blob, metadata={
-        "mode": "tabular", "features": list(lake.PAPER_FEATURES), "classes": list(CLASSES),
-        "normalisation": {f: {"mean": 0.0, "std": 1.0} for f in lake.PAPER_FEATURES}, "image_size_px": None})
+        "mode": "tabular", "features": list(PAPER_FEATURES), "classes": list(CLASSES),
+        "normalisation": {f: {"mean": 0.0, "std": 1.0} for f in PAPER_FEATURES}, "image_size_px": None})
     frame = pd.DataFrame({"objid": np.array([1, 2, 3], np.int64), "u": [19.0, 20.0, 18.0], "g": [18.0, 19.5, 17.0],
                           "r": [17.5, 19.0, 16.5], "i": [17.25, 18.8, 16.25], "z": [17.0, 18.7, 16.0],
                           "redshift": [0.0, 0.001, 2.5]})

@@ -1,5 +1,5 @@
 """Training: the Petastorm input pipeline (sharding, decoding, standardisation, class weights) and Horovod-on-Spark
-training of each mode on a tiny lake written here with pyarrow (lake.TRAINING + stats.json)."""
+training of each mode on a tiny lake written here with pyarrow (the paper preset's training table + stats.json)."""
 from __future__ import annotations
 
 import io
@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from skyclass import lake
 from skyclass.config import CLASSES
+from skyclass.features import PAPER_FEATURES, PHOTOMETRIC_FEATURES
 
 # Class-dependent photometry (mean g-r, u-g, redshift) so the features carry signal, with enough scatter that the
 # classes overlap a little.
@@ -71,7 +71,7 @@ def _rows(n: int, split: str, first_objid: int, size_px: int, missing_image_frac
 
 def write_training_lake(lake_root, *, rows=None, rows_per_group=None, size_px: int = 32, seed: int = 0,
                         missing_image_fraction: float = 0.05, files_per_split: int = 2) -> dict:
-    """Write ``<lake_root>/training/{train,validation,test}/`` (lake.TRAINING, several files and row groups per
+    """Write ``<lake_root>/training/{train,validation,test}/`` (the paper preset's training table, several files and row groups per
     split, as Petastorm shards by row group) and ``training/stats.json`` with statistics of the train split.
 
     Returns the stats dict. Also used by bench/train_bench.py.
@@ -79,7 +79,7 @@ def write_training_lake(lake_root, *, rows=None, rows_per_group=None, size_px: i
     rows = rows or {"train": 320, "validation": 80, "test": 40}
     rows_per_group = rows_per_group or {"train": 40, "validation": 20, "test": 20}
     rng = np.random.default_rng(seed)
-    schema = lake.TRAINING.arrow_schema()
+    schema = lake.training_table(PAPER_FEATURES).arrow_schema()
     first = 1_237_650_000_000_000_000
     train_columns = None
     for split in lake.SPLITS:
@@ -97,7 +97,7 @@ def write_training_lake(lake_root, *, rows=None, rows_per_group=None, size_px: i
     stats = {
         "classes": list(CLASSES),
         "features": {f: {"mean": float(np.mean(train_columns[f], dtype=np.float64)),
-                         "std": float(np.std(train_columns[f], dtype=np.float64))} for f in lake.PAPER_FEATURES},
+                         "std": float(np.std(train_columns[f], dtype=np.float64))} for f in PAPER_FEATURES},
         "label_counts": {c: int(np.sum(train_columns["label"] == k)) for k, c in enumerate(CLASSES)},
         "rows": dict(rows), "image_size_px": size_px,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -187,7 +187,7 @@ def test_row_counts_from_footers_match_what_each_shard_reader_delivers(tmp_path)
     stats = write_training_lake(tmp_path / "lake", missing_image_fraction=0.2)
     path = lake.training_split_path(str(tmp_path / "lake"), "train")
     groups = input_pipeline.list_row_groups(path)
-    spec = InputSpec("image", lake.PHOTOMETRIC_FEATURES, stats["features"], 32)
+    spec = InputSpec("image", PHOTOMETRIC_FEATURES, stats["features"], 32)
     delivered = []
     for shard in (0, 1):
         with input_pipeline.open_reader(path, spec, cur_shard=shard, shard_count=2, num_epochs=1) as reader:
@@ -345,8 +345,8 @@ def test_multimodal_training_on_two_horovod_processes(spark, conf_for, tmp_path)
     pkg = ModelPackage.load(result.path)
     meta = pkg.metadata
     assert (pkg.mode, pkg.backbone, pkg.version, pkg.image_size_px) == ("multimodal", "small_cnn", "mm-1", 32)
-    assert pkg.features == lake.PHOTOMETRIC_FEATURES and pkg.classes == CLASSES
-    assert pkg.normalisation == {f: stats["features"][f] for f in lake.PHOTOMETRIC_FEATURES}
+    assert pkg.features == PHOTOMETRIC_FEATURES and pkg.classes == CLASSES
+    assert pkg.normalisation == {f: stats["features"][f] for f in PHOTOMETRIC_FEATURES}
     assert meta["lake_snapshot"]["rows"] == stats["rows"]
     assert meta["lake_snapshot"]["stats_created_at"] == stats["created_at"]
     assert meta["config"]["train"]["mode"] == "multimodal"
@@ -385,12 +385,12 @@ def test_tabular_training_with_the_paper_features(spark, conf_for, tmp_path):
     conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", feature_set="paper", epochs=3, version="tab-1")
     result = train_model(spark, conf)
     pkg = ModelPackage.load(result.path)
-    assert pkg.features == lake.PAPER_FEATURES and "redshift" in pkg.features
+    assert pkg.features == PAPER_FEATURES and "redshift" in pkg.features
     with open(os.path.join(result.path, "model.keras"), "rb") as a, \
             open(os.path.join(result.path, "tabular.keras"), "rb") as b:
         assert a.read() == b.read()
     assert pkg.metadata["history"]["loss"][-1] < pkg.metadata["history"]["loss"][0]
-    assert pkg.load_model().input_shape == (None, len(lake.PAPER_FEATURES))
+    assert pkg.load_model().input_shape == (None, len(PAPER_FEATURES))
     assert "tabular fallback" not in str(result)
 
 

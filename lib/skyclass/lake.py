@@ -366,24 +366,6 @@ def lock_path(lake_root: str, name: str) -> str:
     return f"{lake_root.rstrip('/')}/_locks/{name}.lock"
 
 
-# Feature definitions live in skyclass.features (a later stage than the catalog schema); these names stay readable
-# from here for code written before they moved. TRAINING is the training table of the ``paper`` preset.
-_MOVED_TO_FEATURES = ("COLOURS", "PHOTOMETRIC_FEATURES", "REDSHIFT_ENCODINGS", "PAPER_FEATURES", "DERIVED_FEATURES",
-                      "FEATURE_SETS")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_FEATURES:
-        from skyclass import features
-
-        return getattr(features, name)
-    if name == "TRAINING":
-        from skyclass import features
-
-        return training_table(features.PAPER_FEATURES)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def table_size(spark, path: str) -> tuple[int, int]:
     """Rows and bytes of a lake table's visible Parquet files, from Parquet footers (no column data is read).
 

@@ -2,7 +2,7 @@
 features and the training split's feature statistics.
 
 Reads ``lake/catalog`` and ``lake/cutouts``; writes ``lake/training/{train,validation,test}/`` (schema
-:data:`skyclass.lake.TRAINING`, plain Parquet with several row groups per file so Petastorm can shard them) and
+:func:`skyclass.lake.training_table`, plain Parquet with several row groups per file so Petastorm can shard them) and
 ``lake/training/stats.json``. The whole ``training`` folder is swapped in atomically
 (:func:`skyclass.storage.replace_directory`), so a reader sees either the previous table or the new one.
 
@@ -148,7 +148,7 @@ def exclusion_reason_column():
 
 
 def training_rows(catalog, cutouts, split: SplitConfig, feature_names: Sequence[str] = TABLE_FEATURES):
-    """Catalog rows usable for training → rows of :data:`skyclass.lake.TRAINING` (a pure DataFrame transform).
+    """Catalog rows usable for training → rows of :func:`skyclass.lake.training_table` (a pure DataFrame transform).
 
     Parameters
     ----------
