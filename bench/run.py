@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("extract", "cutouts", "table", "train", "score", "cluster", "export")
+BENCHES = ("extract", "cutouts", "table", "train", "decode", "score", "cluster", "export")
 
 
 def main(argv=None) -> int:
