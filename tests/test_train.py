@@ -71,8 +71,8 @@ def _rows(n: int, split: str, first_objid: int, size_px: int, missing_image_frac
 
 def write_training_lake(lake_root, *, rows=None, rows_per_group=None, size_px: int = 32, seed: int = 0,
                         missing_image_fraction: float = 0.05, files_per_split: int = 2) -> dict:
-    """Write ``<lake_root>/training/{train,validation,test}/`` (the paper preset's training table, several files and row groups per
-    split, as Petastorm shards by row group) and ``training/stats.json`` with statistics of the train split.
+    """Write ``<lake_root>/training/{train,validation,test}/`` (the paper preset's training table, several files
+    and row groups per split, as Petastorm shards by row group) and ``training/stats.json`` with statistics of the train split.
 
     Returns the stats dict. Also used by bench/train_bench.py.
     """
@@ -280,6 +280,20 @@ TINY_TRAIN = {"batch_size": 32, "image_size_px": 32, "tabular_units": [32, 16], 
 def _tiny_conf(conf_for, tmp_path, **train):
     stats = write_training_lake(tmp_path / "lake")
     return conf_for(train={**TINY_TRAIN, **train}), stats
+
+
+def test_an_unshardable_split_is_warned_about_once_for_all_phases(conf_for, tmp_path, caplog):
+    """A validation split of one row group cannot be sharded over 2 processes: one warning naming the split (not
+    one per model phase), none for the shardable train split."""
+    write_training_lake(tmp_path / "lake", rows_per_group={"train": 40, "validation": 80, "test": 40},
+                        files_per_split=1)
+    conf = conf_for(train={**TINY_TRAIN, "mode": "multimodal", "version": "v1"})
+    stats = input_pipeline.load_training_stats(lake.training_stats_path(conf.lake.path("root")))
+    with caplog.at_level("WARNING", logger="skyclass.train"):
+        plan = train_module.build_plan(conf, stats, "v1")
+    assert len(plan.phases) == 2
+    warned = [r.getMessage() for r in caplog.records if "fewer than the 2 processes" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("the validation split has 1 row group(s)")
 
 
 def test_plan_gives_every_process_the_same_steps(conf_for, tmp_path):

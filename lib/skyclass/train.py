@@ -256,6 +256,11 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
         "tabular_units": tuple(tc.tabular_units), "fusion_units": tuple(tc.fusion_units), "dropout": tc.dropout,
         "batch_norm": tc.batch_norm,
     }
+    for split, groups in (("train", train_groups), ("validation", validation_groups)):
+        if tc.num_proc > 1 and input_pipeline.shard_plan(groups, tc.num_proc) is None:
+            log.warning("the %s split has %d row group(s), fewer than the %d processes: every process reads all of "
+                        "it (rebuild the training table with smaller row groups, cutouts.rows_per_row_group, to "
+                        "shard it)", split, len(groups), tc.num_proc)
     modes = [(MAIN_PHASE, tc.mode)] + ([(TABULAR_PHASE, "tabular")] if tc.mode != "tabular" else [])
     phases = []
     for name, mode in modes:
@@ -275,12 +280,6 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
 def _phase_plan(name, spec: InputSpec, tc, train_groups, validation_groups, model_kwargs) -> PhasePlan:
     train_shards = input_pipeline.shard_plan(train_groups, tc.num_proc)
     validation_shards = input_pipeline.shard_plan(validation_groups, tc.num_proc)
-    for split, groups, shards in (("train", train_groups, train_shards),
-                                  ("validation", validation_groups, validation_shards)):
-        if shards is None and tc.num_proc > 1:
-            log.warning("the %s split has %d row groups, fewer than the %d processes: every process reads all of "
-                        "it (rebuild the training table with smaller row groups to shard it)", split, len(groups),
-                        tc.num_proc)
     train_rows = min(input_pipeline.shard_row_counts(train_groups, train_shards, with_image=spec.uses_image))
     validation_rows = min(input_pipeline.shard_row_counts(validation_groups, validation_shards,
                                                           with_image=spec.uses_image))
