@@ -72,7 +72,8 @@ def _rows(n: int, split: str, first_objid: int, size_px: int, missing_image_frac
 def write_training_lake(lake_root, *, rows=None, rows_per_group=None, size_px: int = 32, seed: int = 0,
                         missing_image_fraction: float = 0.05, files_per_split: int = 2) -> dict:
     """Write ``<lake_root>/training/{train,validation,test}/`` (the paper preset's training table, several files
-    and row groups per split, as Petastorm shards by row group) and ``training/stats.json`` with statistics of the train split.
+    and row groups per split, as Petastorm shards by row group) and ``training/stats.json`` with statistics of the
+    train split.
 
     Returns the stats dict. Also used by bench/train_bench.py.
     """
