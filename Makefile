@@ -60,7 +60,7 @@ airflow:
 	deploy/airflow-env.sh
 
 clean:
-	rm -rf lake models predictions reports bench-results spark-warehouse exports
+	rm -rf lake lake-real-images lake-real-images-input lake-real-images-models lake-real-images-reports models predictions reports bench-results spark-warehouse exports
 
 # Reads a HATS export back with LSDB in its own environment (.venv-hats: built once by deploy/hats-venv.sh, cached).
 check-hats: setup

@@ -144,6 +144,11 @@ def test_bad_inputs_are_clear_errors(spark, conf_for, tmp_path):
     pq.write_table(pa.table({"objid": pa.array([1], pa.int64())}), no_jpeg)
     with pytest.raises(CutoutImportError, match="without column.*jpeg"):
         import_cutouts(spark, conf, no_jpeg)
+    # Spark skips files named _x or .x as hidden: say so instead of its "Unable to infer schema".
+    hidden = str(tmp_path / "_sample.parquet")
+    pq.write_table(pa.table({"objid": pa.array([1], pa.int64()), "jpeg": pa.array([_jpeg(1)], pa.binary())}), hidden)
+    with pytest.raises(CutoutImportError, match="names start with '_'.*rename"):
+        import_cutouts(spark, conf, hidden)
 
 
 def test_sniffing_is_by_bytes():

@@ -255,8 +255,13 @@ def input_kind(path: str) -> str:
         raise CutoutImportError(f"--import {path}: no such file or folder")
     if storage.is_file(path):
         with storage.open_input(path) as fh:
-            if fh.read(4) == PARQUET_MAGIC:
-                return "parquet"
+            magic = fh.read(4)
+        if magic == PARQUET_MAGIC:
+            if os.path.basename(path.rstrip("/")).startswith(("_", ".")):
+                # Spark (Hadoop) treats such files as hidden and would report only "Unable to infer schema".
+                raise CutoutImportError(f"--import {path}: Spark does not read files whose names start with '_' "
+                                        "or '.'; rename the file (or put it in a folder) and import it again")
+            return "parquet"
         raise CutoutImportError(f"--import {path}: a file that is not Parquet; pass a Parquet file with objid and "
                                 "jpeg columns, or a folder of <objid>.jpg/.png files")
     names = [e for e in storage.list_entries(path) if not e.name.startswith(("_", "."))]

@@ -161,12 +161,14 @@ def run_real_images_demo(spark, conf: Config, *, objects: int = REAL_DEMO_OBJECT
         evaluate=dataclasses.replace(conf.evaluate, model=None, output=None, baselines=()))
     from skyclass import storage
 
-    storage.make_dirs(root)
-    sample_path = os.path.join(root, "_demo_sample.parquet")
+    # The sample sits beside the lake, not in it, under a name Spark reads (it skips names starting with "_").
+    storage.make_dirs(root + "-input")
+    sample_path = os.path.join(root + "-input", "real_cutouts_sample.parquet")
     if not os.path.exists(sample_path):
         table = pq.read_table(source)
         step = max(1, table.num_rows // objects)
-        pq.write_table(table.take(list(range(0, table.num_rows, step))[:objects]), sample_path)
+        pq.write_table(table.take(list(range(0, table.num_rows, step))[:objects]), sample_path + ".partial")
+        os.replace(sample_path + ".partial", sample_path)  # an interrupted demo leaves no half-written sample
     lines = []
     for stage, run in (("import", lambda: cutout_import.import_cutouts(spark, real, sample_path,
                                                                         name="real_cutouts")),
