@@ -114,6 +114,7 @@ def _conf(**overrides):
              f"lake.reports={BENCH}/reports", "spark.master=local[2]", "spark.driver_memory=3g",
              "spark.shuffle_partitions=4", "split.group_by=field", "cutouts.import_fit=crop",
              "train.image_size_px=64", "train.num_proc=2", "train.warmup_epochs=1", "train.early_stopping_patience=3",
+             "train.reduce_lr_patience=2",
              "evaluate.baselines=[]"]
     items += [f"{k}={v}" for k, v in overrides.items()]
     return load_config(os.path.join(REPO, "conf", "local.yaml"), items)
