@@ -7,6 +7,11 @@ import sys
 
 from skyclass.config import SparkConfig
 
+# Spark warnings that are not problems, held at ERROR on the driver unless SKYCLASS_VERBOSE=1 (--verbose):
+# DAGScheduler's "Broadcasting large task binary with size ..." comes once per stage of an MLlib tree model
+# (hundreds of lines in an evaluation with baselines); it is a size note, nothing a user can or need change.
+QUIET_SPARK_LOGGERS = ("org.apache.spark.scheduler.DAGScheduler",)
+
 
 def build_spark(conf: SparkConfig):
     """Create (or return the running) SparkSession described by ``conf``.
@@ -39,4 +44,15 @@ def build_spark(conf: SparkConfig):
     settings.update(conf.extra)
     for key, value in settings.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    if os.environ.get("SKYCLASS_VERBOSE") != "1":
+        quiet_spark_warnings(spark)
+    return spark
+
+
+def quiet_spark_warnings(spark) -> None:
+    """Set the driver's :data:`QUIET_SPARK_LOGGERS` to ERROR (log4j 2, through the JVM gateway)."""
+    jvm = spark.sparkContext._jvm
+    error = jvm.org.apache.logging.log4j.Level.ERROR
+    for name in QUIET_SPARK_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, error)
