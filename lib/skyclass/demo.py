@@ -6,7 +6,7 @@ cutouts → training table → train → score → evaluate) on local Spark; wha
 summary of predicted classes) is added here. The stand-in's cutouts are SIMULATED images rendered from each
 object's photometry: any accuracy of the image and multimodal networks printed here is on simulated images, not
 real SDSS cutouts.
-Last, the scored field's sky map (labelled SIMULATED) is written beside the evaluation report and linked from it.
+The chain's sky_map stage draws the scored field's sky map (labelled SIMULATED) beside the evaluation report.
 A last stage (:func:`run_real_images_demo`) imports a few thousand REAL SDSS cutouts and prints the image network's
 accuracy on real pixels, labelled so.
 """
@@ -105,12 +105,9 @@ def run_demo(spark, conf: Config) -> DemoResult:
         nightly = run_nightly(spark, conf, retrain=True)
     result = DemoResult(stages=[(s.name, s.summary, s.seconds) for s in nightly.stages if not s.skipped])
     result.class_counts = predicted_class_counts(spark, nightly.stage("score").result.path)
-    started = time.monotonic()
-    from skyclass.skymap import write_demo_sky_map
-
+    # The field's sky map is the nightly chain's own sky_map stage (beside the evaluation report, labelled
+    # SIMULATED: the demo's model learnt from stand-in-rendered cutouts).
     scored = nightly.stage("score").result
-    sky_map = write_demo_sky_map(spark, conf, scored.run_date, nightly.stage("evaluate").result.path)
-    result.stages.append(("sky map", sky_map, time.monotonic() - started))
     result.domain_counts = domain_class_counts(spark, scored.path)
     name, summary, seconds = run_real_images_demo(spark, conf)
     result.stages.append((name, summary, seconds))

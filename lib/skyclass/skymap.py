@@ -273,25 +273,3 @@ def attach_to_report(report_dir: str, sky_map: SkyMapResult, *, caption: str, si
                     "projection": sky_map.projection, "objects": sky_map.rows})
     report["sky_maps"] = entries
     write_report(report, report_dir)
-
-
-def write_demo_sky_map(spark, conf, run_date: str, report_dir: str) -> SkyMapResult:
-    """The Abell 2065 field's sky map for ``make demo``: the scored field's night, beside (and linked from) the
-    demo's evaluation report. Always labelled SIMULATED: the demo's model learnt from stand-in-rendered cutouts.
-
-    Parameters
-    ----------
-    spark : SparkSession
-    conf : Config
-    run_date : str
-        The night the demo scored.
-    report_dir : str
-        The demo's evaluation report folder.
-
-    Returns
-    -------
-    SkyMapResult
-    """
-    sky_map = write_night_sky_map(spark, conf, run_date, report_dir, simulated=True)
-    attach_to_report(report_dir, sky_map, caption=f"Abell 2065 field: labels of night {run_date}", simulated=True)
-    return sky_map
