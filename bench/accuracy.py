@@ -263,21 +263,22 @@ def scoring_cost(package_path: str, lake_root: str, batch_rows: int = 1024, max_
     import pyarrow.parquet as pq
 
     from skyclass import lake
+    from skyclass.inference import worker_models
     from skyclass.package import ModelPackage
     from skyclass.score import ScoringSpec, score_frame
 
     package = ModelPackage.load(package_path)
     spec = ScoringSpec.from_package(package, package_path)
-    model = package.load_model()
+    models = worker_models(spec)
     table = pq.read_table(lake.training_split_path(lake_root, "test"), columns=["objid", *lake.MAGNITUDES])
     frame = table.to_pandas().iloc[:max_rows]
     out = {"rows": len(frame), "batch_rows": batch_rows, "reference_rows": (package.metadata.get("domain") or {})
            .get("reference_rows"), "k": (package.metadata.get("domain") or {}).get("k")}
     for name, candidate in (("with_domain", spec), ("without_domain", dataclasses.replace(spec, domain=None))):
-        score_frame(frame.iloc[:batch_rows], candidate, model, model)  # warm-up: the first call traces the model
+        score_frame(frame.iloc[:batch_rows], candidate, models)  # warm-up: the first call traces the model
         started = time.perf_counter()
         for start in range(0, len(frame), batch_rows):
-            score_frame(frame.iloc[start:start + batch_rows], candidate, model, model)
+            score_frame(frame.iloc[start:start + batch_rows], candidate, models)
         out[f"{name}_objects_per_s"] = len(frame) / (time.perf_counter() - started)
     return out
 
