@@ -305,10 +305,12 @@ def render_trust(trust) -> list[str]:
                      f"{f(b['share'], 3)} | {f(b['precision'])} |")
     domain = trust.get("domain")
     if domain:
-        lines += ["", "| slice | objects | kept in domain | accuracy in | accuracy out |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| slice | objects | kept in domain | accuracy in | accuracy out | out-of-domain reasons |",
+                  "|---|---:|---:|---:|---:|---|"]
         for label, d in (("whole test split", domain["all"]), ("r > 20", domain["faint"])):
+            reasons = ", ".join(f"{k} {v}" for k, v in (d.get("reasons") or {}).items() if k != "in")
             lines.append(f"| {label} | {d['rows']} | {f(d['in_share'], 3)} | {f(d['in_accuracy'])} | "
-                         f"{f(d['out_accuracy'])} |")
+                         f"{f(d['out_accuracy'])} | {reasons} |")
         if "faint_accuracy_gain" in trust:
             lines.append(f"\nr > 20: in-domain minus out-of-domain accuracy {trust['faint_accuracy_gain']:+.4f} "
                          f"(target >= {TRUST_TARGETS['faint_accuracy_gain']}), kept {f(domain['faint']['in_share'], 3)} "
