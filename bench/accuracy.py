@@ -263,21 +263,22 @@ def scoring_cost(package_path: str, lake_root: str, batch_rows: int = 1024, max_
     import pyarrow.parquet as pq
 
     from skyclass import lake
+    from skyclass.inference import worker_models
     from skyclass.package import ModelPackage
     from skyclass.score import ScoringSpec, score_frame
 
     package = ModelPackage.load(package_path)
     spec = ScoringSpec.from_package(package, package_path)
-    model = package.load_model()
+    models = worker_models(spec)
     table = pq.read_table(lake.training_split_path(lake_root, "test"), columns=["objid", *lake.MAGNITUDES])
     frame = table.to_pandas().iloc[:max_rows]
     out = {"rows": len(frame), "batch_rows": batch_rows, "reference_rows": (package.metadata.get("domain") or {})
            .get("reference_rows"), "k": (package.metadata.get("domain") or {}).get("k")}
     for name, candidate in (("with_domain", spec), ("without_domain", dataclasses.replace(spec, domain=None))):
-        score_frame(frame.iloc[:batch_rows], candidate, model, model)  # warm-up: the first call traces the model
+        score_frame(frame.iloc[:batch_rows], candidate, models)  # warm-up: the first call traces the model
         started = time.perf_counter()
         for start in range(0, len(frame), batch_rows):
-            score_frame(frame.iloc[start:start + batch_rows], candidate, model, model)
+            score_frame(frame.iloc[start:start + batch_rows], candidate, models)
         out[f"{name}_objects_per_s"] = len(frame) / (time.perf_counter() - started)
     return out
 
@@ -304,10 +305,12 @@ def render_trust(trust) -> list[str]:
                      f"{f(b['share'], 3)} | {f(b['precision'])} |")
     domain = trust.get("domain")
     if domain:
-        lines += ["", "| slice | objects | kept in domain | accuracy in | accuracy out |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "| slice | objects | kept in domain | accuracy in | accuracy out | out-of-domain reasons |",
+                  "|---|---:|---:|---:|---:|---|"]
         for label, d in (("whole test split", domain["all"]), ("r > 20", domain["faint"])):
+            reasons = ", ".join(f"{k} {v}" for k, v in (d.get("reasons") or {}).items() if k != "in")
             lines.append(f"| {label} | {d['rows']} | {f(d['in_share'], 3)} | {f(d['in_accuracy'])} | "
-                         f"{f(d['out_accuracy'])} |")
+                         f"{f(d['out_accuracy'])} | {reasons} |")
         if "faint_accuracy_gain" in trust:
             lines.append(f"\nr > 20: in-domain minus out-of-domain accuracy {trust['faint_accuracy_gain']:+.4f} "
                          f"(target >= {TRUST_TARGETS['faint_accuracy_gain']}), kept {f(domain['faint']['in_share'], 3)} "

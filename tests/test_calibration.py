@@ -132,7 +132,8 @@ def test_trust_summary_reports_domain_accuracy_on_the_faint_slice():
     faint = summary["domain"]["faint"]  # rows 1, 2, 3, 5: in = row 2 (right); out = 1 (wrong), 3 (right), 5 (wrong)
     assert faint["rows"] == 4 and faint["in_share"] == 0.25
     assert faint["in_accuracy"] == 1.0 and faint["out_accuracy"] == pytest.approx(1 / 3)
-    assert summary["domain"]["all"]["reasons"] == {"in": 3, "outside_magnitudes": 1, "far_from_training": 2}
+    assert summary["domain"]["all"]["reasons"] == {"in": 3, "outside_magnitudes": 1, "far_from_training": 2,
+                                                  "mixed_neighbourhood": 0}
 
 
 def test_reliability_figure_is_a_png_and_says_when_it_is_simulated(tmp_path):

@@ -13,8 +13,9 @@ import pytest
 
 from skyclass import lake
 from skyclass.config import CLASSES, load_config
-from skyclass.domain import (FAR_FROM_TRAINING, OUTSIDE_MAGNITUDES, REFERENCE_FILE, DomainError, DomainReference,
-                             build_domain_reference, domain_reference_from_training, kth_neighbour_distance)
+from skyclass.domain import (FAR_FROM_TRAINING, MIXED_NEIGHBOURHOOD, OUTSIDE_MAGNITUDES, REFERENCE_FILE, DomainError,
+                             DomainReference, build_domain_reference, domain_reference_from_training,
+                             kth_neighbour_distance)
 
 BANDS = lake.MAGNITUDES
 
@@ -75,6 +76,84 @@ def test_fixture_objects_inside_and_outside_the_stored_coverage():
         reference.assess(frame, x[:, :1])
 
 
+def brute_purity(x, reference, labels, k):
+    """Share of the most common label among the k nearest reference rows, by sorting every distance."""
+    out = []
+    for row in x:
+        order = np.argsort(np.sqrt(((reference - row) ** 2).sum(axis=1)), kind="stable")[:k]
+        out.append(np.bincount(labels[order]).max() / k)
+    return np.array(out)
+
+
+def _labelled_reference(k=10, min_purity=0.7):
+    """Training objects uniform on [-1, 1]^2: class 0 left of x = -0.3, class 1 right of x = 0.3, and in the strip
+    between a random mix of the three classes (a region the training labels do not resolve)."""
+    rng = np.random.default_rng(3)
+    points = rng.uniform(-1, 1, size=(1500, 2)).astype(np.float32)
+    labels = np.where(points[:, 0] < -0.3, 0, np.where(points[:, 0] > 0.3, 1, rng.integers(0, 3, len(points))))
+    reference = build_domain_reference(None, points, ("f1", "f2"), bands=BANDS, magnitude_low=[16.0] * 5,
+                                       magnitude_high=[20.0] * 5, magnitude_quantiles=(0.0, 1.0), k=k,
+                                       quantile=0.99, reference_rows=10_000, labels=labels, min_purity=min_purity)
+    return reference, points, labels
+
+
+def test_mixed_neighbourhood_flags_objects_whose_nearest_training_objects_disagree():
+    reference, points, labels = _labelled_reference()
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.array([[-0.8, 0.0],    # deep in class 0: all 10 neighbours agree
+                                  [0.8, 0.5],     # deep in class 1
+                                  [0.0, 0.0],     # in the mixed strip
+                                  [0.0, 0.6],     # in the mixed strip
+                                  [9.0, 9.0]]),   # far from everything (and its neighbours, on the edge, are pure)
+                        rng.uniform(-1, 1, size=(200, 2))]).astype(np.float32)
+    frame = pd.DataFrame({b: [18.0] * len(x) for b in BANDS})
+    domain, score = reference.assess(frame, x)
+    purity = brute_purity(x, points, labels, 10)
+    distance = brute_kth(x, points, 10)
+    np.testing.assert_allclose(reference.neighbourhood(x)[1], purity, atol=1e-6)
+    expected = np.where(distance / reference.threshold > 1, FAR_FROM_TRAINING,
+                        np.where(purity < 0.7 - 1e-9, MIXED_NEIGHBOURHOOD, "in"))
+    assert domain.tolist() == expected.tolist()
+    assert domain[:5].tolist() == ["in", "in", MIXED_NEIGHBOURHOOD, MIXED_NEIGHBOURHOOD, FAR_FROM_TRAINING]
+    # domain_score stays the k-th neighbour distance over the threshold, whatever the labels say.
+    np.testing.assert_allclose(score, distance / reference.threshold, rtol=1e-4)
+    # An exact 7 of 10 is enough: only fewer than min_purity of the neighbours is mixed.
+    assert {MIXED_NEIGHBOURHOOD, "in"} <= set(domain[5:][(purity[5:] >= 0.6) & (purity[5:] <= 0.7)])
+    assert (domain[5:][np.isclose(purity[5:], 0.7)] == "in").all()
+    # min_purity 0 switches the test off.
+    off, _ = _labelled_reference(min_purity=0.0)[0].assess(frame, x)
+    assert MIXED_NEIGHBOURHOOD not in set(off)
+
+
+def test_labels_travel_with_the_reference_and_old_references_skip_the_mixed_test():
+    reference, points, labels = _labelled_reference()
+    stored = DomainReference.from_stored(reference.metadata(), reference.reference_bytes())
+    np.testing.assert_array_equal(stored.labels, labels)
+    assert stored.min_purity == 0.7 and stored.metadata()["labelled"] is True
+    x = np.array([[0.0, 0.0], [-0.8, 0.0]], dtype=np.float32)
+    frame = pd.DataFrame({b: [18.0, 18.0] for b in BANDS})
+    assert stored.assess(frame, x)[0].tolist() == [MIXED_NEIGHBOURHOOD, "in"]
+    # A package from before labelled references: its npz has no labels, its metadata no min_purity.
+    import io
+    buffer = io.BytesIO()
+    np.savez(buffer, reference=points)
+    old_metadata = {k: v for k, v in reference.metadata().items() if k not in ("min_purity", "labelled")}
+    old = DomainReference.from_stored(old_metadata, buffer.getvalue())
+    assert old.labels is None and old.assess(frame, x)[0].tolist() == ["in", "in"]
+    buffer = io.BytesIO()
+    np.savez(buffer, reference=points, labels=labels[:-1])
+    with pytest.raises(DomainError, match="labels"):
+        DomainReference.from_stored(reference.metadata(), buffer.getvalue())
+
+
+def test_min_purity_is_checked_at_load():
+    from skyclass.config import ConfigError
+
+    assert load_config(None, []).domain.min_purity == 0.7
+    with pytest.raises(ConfigError, match="domain.min_purity"):
+        load_config(None, ["domain.min_purity=1.5"])
+
+
 def test_the_reference_travels_in_the_package_under_its_fingerprint(tmp_path):
     from skyclass.package import ModelPackage, PackageError, write_package
 
@@ -103,6 +182,7 @@ def test_reference_from_a_training_split(spark, tmp_path):
     frame = pd.DataFrame({b: rng.uniform(14, 22, n) for b in BANDS})
     frame.loc[:9, "g"] = -9999.0  # sentinels are left out of the coverage
     frame["u_g"] = frame["u"] - frame["g"]
+    frame["label"] = (frame["r"] > 18).astype("int32")  # a label the test can recompute from the sampled row
     train = tmp_path / "train"
     spark.createDataFrame(frame).write.parquet(str(train))
     spec = InputSpec("tabular", ("r", "u_g"), {"r": {"mean": 18.0, "std": 2.0}, "u_g": {"mean": 0.0, "std": 3.0}}, 0)
@@ -115,6 +195,9 @@ def test_reference_from_a_training_split(spark, tmp_path):
     assert 400 <= len(reference.reference) <= 500 and reference.k == 5
     # The reference rows are standardised with the package's normalisation: r spans (14 - 18) / 2 .. (22 - 18) / 2.
     assert reference.reference[:, 0].min() >= -2.0 - 1e-6 and reference.reference[:, 0].max() <= 2.0 + 1e-6
+    # Each reference row keeps its own training label: r > 18 is a standardised r above 0.
+    np.testing.assert_array_equal(reference.labels, (reference.reference[:, 0] > 0).astype(np.int32))
+    assert reference.min_purity == conf.domain.min_purity
 
 
 # ---------------------------------------------------------------------------------------------------------------
