@@ -660,7 +660,8 @@ def _trust_entry(rows: pd.DataFrame, package, class_names: Sequence[str], target
                           class_names, source_priors=package.calibration().source_priors, target_mix=target_mix)
     entry["calibration"] = (package.metadata.get("calibration") or {}).get("main")
     entry["domain_settings"] = {k: v for k, v in (package.metadata.get("domain") or {}).items()
-                                if k in ("k", "quantile", "threshold", "magnitude_quantiles", "reference_rows")}
+                                if k in ("k", "quantile", "threshold", "magnitude_quantiles", "reference_rows",
+                                         "min_purity")}
     return entry
 
 
