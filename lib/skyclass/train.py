@@ -186,12 +186,14 @@ def train_model(spark, conf: Config) -> TrainResult:
 
     metadata["calibration"] = fit_package_calibration(main, tabular, stats.classes)
     reference = domain_reference_from_training(spark, plan.train_path, plan.phases[0].spec, conf.domain)
-    metadata["domain"] = reference.metadata() if reference is not None else None
+    metadata["domain"], extra_files = None, {}
+    if reference is not None:  # None: no photometry to compare with (a labels-only image table)
+        metadata["domain"] = reference.metadata()
+        extra_files[metadata["domain"]["file"]] = reference.reference_bytes()
     path = package.write_package(models_dir, version, model_keras=main["model_keras"],
                                  tabular_keras=tabular["model_keras"], metadata=metadata,
                                  simulated=metadata["simulated_images"] or metadata["simulated_catalog"],
-                                 extra_files={metadata["domain"]["file"]: reference.reference_bytes()}
-                                 if reference is not None else None)
+                                 extra_files=extra_files)
     # The TensorFlow Lite forms CPU executors score with (skyclass.inference); checked against Keras on the
     # validation split, else logged and the package stays Keras-only.
     from skyclass.inference import add_cpu_models_from_lake
