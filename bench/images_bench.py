@@ -338,6 +338,9 @@ def main(argv=None) -> int:
     parser.add_argument("--large-backbones", default="resnet50,efficientnetb2")
     parser.add_argument("--large-epochs", type=int, default=2)
     parser.add_argument("--large-steps", type=int, default=40, help="steps per epoch of the large backbones")
+    parser.add_argument("--class-weights", choices=("true", "false"), default="true",
+                        help="balanced class weights for the image runs (train.class_weights); a run resumed from "
+                             "its checkpoint trains its further epochs with this setting")
     parser.add_argument("--pairs-epochs", type=int, default=8, help="epochs of the pairs' image and multimodal runs")
     parser.add_argument("--pairs-tabular-epochs", type=int, default=40, help="epochs of the pairs' tabular run")
     parser.add_argument("--reader-rows", type=int, default=8000)
@@ -383,7 +386,8 @@ def main(argv=None) -> int:
                 results["import"] = step_import(spark, args.limit)
                 _save(results)
             weights = None
-            small = dict(backbone="small_cnn", batch_size=64, epochs=args.epochs, reduce_lr_patience=2)
+            small = dict(backbone="small_cnn", batch_size=64, epochs=args.epochs, reduce_lr_patience=2,
+                         class_weights=args.class_weights)
             if args.steps_per_epoch:
                 small["steps_per_epoch"] = args.steps_per_epoch
             # The best model first, then the pairs (they need its weights), then what the time left allows: every
