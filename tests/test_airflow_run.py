@@ -1,16 +1,15 @@
 """deploy/airflow_dag.py run by Apache Airflow (its own environment, deploy/airflow-env.sh) against the standalone
-cluster of deploy/local-cluster.sh and the SkyServer stand-in: ``airflow dags test skyclass_nightly <date>`` for two
-nights, the first with a SkyServer outage that fails a task, which is then cleared and run again as Airflow's
-executor runs a task (``airflow tasks run --local``).
+cluster of deploy/local-cluster.sh and the SkyServer stand-in: ``airflow dags test skyclass_nightly <date>`` with a
+SkyServer outage that fails a task, which is then cleared and run again as Airflow's executor runs a task
+(``airflow tasks run --local``); the next night's train_if_needed then trains nothing.
 
-Kept small for CI's budget (300 labelled objects, 100 + 30 photometric ones, one epoch): what is checked is the
+Kept small for CI's budget (300 labelled objects, 100 photometric ones, one epoch): what is checked is the
 scheduling, not the model.
 """
 from __future__ import annotations
 
 import re
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -131,32 +130,11 @@ def test_two_nights_with_a_failed_task_cleared_and_rerun(standalone_cluster, sta
     assert sorted(night.objid) == sorted(photometric.objid)  # every object of the field, each once
     assert pd.read_parquet(lake / "cutouts").objid.is_unique
 
-    # Night 2: the field has grown by 30 objects; a clean `airflow dags test`: every task succeeds, training is
-    # skipped (a package exists, retrain is false), only the new objects are fetched and labelled.
-    grown = pd.concat([photometric, make_photometric(130, seed=32).iloc[100:]], ignore_index=True)
-    server2 = standin_factory(catalogs=[labelled, grown])
-    write_conf(conf, tmp_path, server2.url)
-    started = time.monotonic()
-    with pruning(cluster):
-        second = home.run("dags", "test", DAG_ID, NIGHT_2, env=env)
-    night_2_s = time.monotonic() - started
-    night2 = home.task_instances(NIGHT_2)
-    assert {t: i["state"] for t, i in night2.items()} == {t: "success" for t in ALL_TASKS}, second.stdout[-5000:]
-    sections = task_sections(second.stdout)
-    # `airflow dags test` records no start_date in the metadata DB (its end_date it does): a task's start is then
-    # the first line of its log (the task handler's timestamp, UTC because the env sets TZ=UTC, as the DB's are).
-    for task, instance in night2.items():
-        if instance["start"] is None and sections.get(task):
-            instance["start"] = sections[task][1:24].replace(",", ".")
-    assert_no_overlap(night2)
-    assert "model package exists and retrain is false: not training" in sections["train_if_needed"]
-    assert summaries(sections["train_if_needed"]) == []
-    [scored] = summaries(sections["score"])
-    assert scored["run_date"] == NIGHT_2 and scored["rows_out"] == 30
-    assert scored["model_fingerprint"] == trained["model_fingerprint"]
-    assert server2.stats()["getjpeg"]["requests"] == 30
-    second_night = pd.read_parquet(tmp_path / "predictions" / f"run_date={NIGHT_2}")
-    assert sorted(second_night.objid) == sorted(grown.objid.iloc[100:])
+    # Night 2: a package exists and retrain is false, so the night's train_if_needed task (run by Airflow's
+    # `tasks test`, which runs one task as `dags test` does) trains nothing. That the rest of a second night fetches
+    # and labels only the new objects is test_cluster_chain's (the same jobs, on the same cluster): a whole second
+    # `dags test` here cost CI eleven minutes for what that test already shows.
+    second = home.run("tasks", "test", DAG_ID, "train_if_needed", NIGHT_2, env=env)
+    assert "model package exists and retrain is false: not training" in second.stdout, second.stdout[-5000:]
+    assert summaries(second.stdout) == []  # no train job ran: it would have printed its summary line
     assert len([p for p in (tmp_path / "models").iterdir() if (p / "metadata.json").exists()]) == 1
-    assert pd.read_parquet(lake / "cutouts").objid.is_unique
-    print(f"\nairflow: night 2 (`airflow dags test`, 8 tasks, training skipped) took {night_2_s:.0f} s")

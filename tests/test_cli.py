@@ -213,6 +213,42 @@ def test_third_party_chatter_is_hidden_unless_verbose(monkeypatch):
             logging.getLogger(name).setLevel(logging.NOTSET)
 
 
+def test_keras_slow_callback_note_is_held_back_in_training_processes(monkeypatch):
+    """What each Horovod process printed at its first steps ("Callback method `on_train_batch_end` is slow compared
+    to the batch time ...", on the tensorflow logger) is dropped; TensorFlow's other warnings are not."""
+    import logging
+
+    from tensorflow.python.platform import tf_logging
+
+    from skyclass import logs
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    tensorflow = logging.getLogger("tensorflow")
+    tensorflow.removeFilter(logs._not_slow_callback_note)  # an earlier configure_logging may have added it
+    handler = Keep()
+    tensorflow.addHandler(handler)
+    monkeypatch.delenv("SKYCLASS_VERBOSE", raising=False)
+    try:
+        note = ("Callback method `on_train_batch_end` is slow compared to the batch time (batch time: 0.0090s vs "
+                "`on_train_batch_end` time: 0.0437s). Check your callbacks.")
+        tf_logging.warning(note)
+        assert seen == [note]  # before: it reaches the handlers
+        logs.quiet_third_party_warnings()
+        logs.quiet_third_party_warnings()  # twice, as the driver and a process may: one filter
+        tf_logging.warning(note)
+        tf_logging.warning("5 out of the last 5 calls triggered tf.function retracing")
+        assert seen == [note, "5 out of the last 5 calls triggered tf.function retracing"]
+        assert tensorflow.filters.count(logs._not_slow_callback_note) == 1
+    finally:
+        tensorflow.removeHandler(handler)
+        tensorflow.removeFilter(logs._not_slow_callback_note)
+
+
 def test_spark_size_notes_are_held_back_on_the_driver(spark):
     """build_spark holds DAGScheduler's "Broadcasting large task binary" notes (hundreds per MLlib evaluation) at
     ERROR; other Spark loggers keep their warnings. (The test session runs at ERROR: back to WARN for the check.)"""

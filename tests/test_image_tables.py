@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from catalog_fixture import make_labelled, write_csv
 from skyclass import input_pipeline, lake, objid
 from skyclass.cutout_import import import_cutouts
 from skyclass.evaluate import simulated_result
@@ -97,7 +98,7 @@ def test_an_object_split_puts_one_field_in_several_splits(spark, conf_for, tmp_p
     assert any(len(s) > 1 for s in splits_per_field.values())
 
 
-def test_tabular_and_multimodal_refuse_rows_without_photometry(spark, conf_for, tmp_path):
+def test_tabular_and_multimodal_refuse_rows_without_photometry(spark, conf_for, tmp_path, caplog):
     from skyclass.train import TrainingError, build_plan
 
     ids, classes = _objects(n_fields=12)
@@ -113,7 +114,46 @@ def test_tabular_and_multimodal_refuse_rows_without_photometry(spark, conf_for, 
         conf = conf_for(train={"mode": mode, "batch_size": 4, "num_proc": 1})
         with pytest.raises(TrainingError, match=f"{len(ids)} rows without photometry.*train.mode={mode}"):
             build_plan(conf, stats, "v1")
-    assert build_plan(image_conf, stats, "v1").phases[0].spec.mode == "image"
+    with caplog.at_level("WARNING", logger="skyclass.train"):
+        main, fallback = build_plan(image_conf, stats, "v1").phases
+    assert main.spec.mode == "image"
+    # No row has photometry: the fallback cannot be trained on such rows alone, and the log says what it becomes.
+    assert not fallback.spec.require_features
+    assert "tabular fallback: the train split has 0 rows with photometry" in caplog.text
+
+
+def test_the_tabular_fallback_of_an_image_table_reads_only_the_rows_with_photometry(spark, conf_for, tmp_path):
+    """An image table of 160 labels-only objects and 80 with photometry: the image model reads every row, the
+    tabular fallback only the 80 (not 240 rows of which two thirds would have all-zero features)."""
+    from skyclass.extract import extract_catalog
+    from skyclass.train import build_plan
+
+    conf = conf_for(train={"mode": "image", "batch_size": 4, "num_proc": 2}, cutouts={"rows_per_row_group": 20},
+                    split={"train": 0.6, "validation": 0.2, "test": 0.2})
+    catalog = make_labelled(80, seed=41)
+    extract_catalog(spark, conf, from_csv=write_csv(catalog, tmp_path / "catalog.csv"))
+    ids, classes = _objects(n_fields=40, per_field=4)
+    _import_labelled(spark, conf, tmp_path, ids + [int(v) for v in catalog.objid],
+                     classes + list(catalog["class"]))
+    build_training_table(spark, conf)
+    stats = input_pipeline.load_training_stats(lake.training_stats_path(conf.lake.path("root")))
+    assert stats.raw["rows_without_photometry"] == len(ids)
+
+    main, fallback = build_plan(conf, stats, "v1").phases
+    assert not main.spec.require_features and fallback.spec.require_features
+    train_path = lake.training_split_path(conf.lake.path("root"), "train")
+    train = _table_rows(conf)["train"]
+    with_photometry = int(train["u"].notna().sum())
+    assert 0 < with_photometry < len(train)
+    groups = input_pipeline.list_row_groups(train_path, fallback.spec.features)
+    assert sum(g.rows_with_features for g in groups) == with_photometry
+    assert fallback.rows_per_epoch <= with_photometry < main.rows_per_epoch
+    # What the fallback's reader delivers: the rows with photometry, every one of them, and nothing else.
+    with input_pipeline.open_reader(train_path, fallback.spec, num_epochs=1, shuffle=False) as reader:
+        delivered = sum(len(batch.label) for batch in reader)
+    assert delivered == with_photometry
+    with input_pipeline.open_reader(train_path, main.spec, num_epochs=1, shuffle=False) as reader:
+        assert sum(len(batch.label) for batch in reader) == len(train)
 
 
 @pytest.mark.slow

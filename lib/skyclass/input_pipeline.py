@@ -128,15 +128,21 @@ class RowGroupInfo:
     row_group: int
     rows: int
     rows_with_image: int
+    # Rows with at least one feature value (None: all of them); what a tabular model that requires features reads.
+    rows_with_features: Optional[int] = None
 
 
-def list_row_groups(split_path: str) -> list[RowGroupInfo]:
+def list_row_groups(split_path: str, feature_columns: Sequence[str] = ()) -> list[RowGroupInfo]:
     """Row groups of a split in the order Petastorm shards them, with row and non-null ``jpeg`` counts.
 
     Parameters
     ----------
     split_path : str
         Folder (or URL) of one split of the training table.
+    feature_columns : sequence of str
+        With these, ``rows_with_features`` counts the rows that have a value in at least one of them (the rows minus
+        the smallest null count: exact when the rows without photometry miss every feature, as a labels-only
+        catalog's rows do).
 
     Returns
     -------
@@ -169,8 +175,10 @@ def list_row_groups(split_path: str) -> list[RowGroupInfo]:
         meta = footers[piece.path]
         group = meta.row_group(piece.row_group)
         rows = group.num_rows
+        with_features = (rows - min(_null_count(filesystem, piece, meta, group, c) for c in feature_columns)
+                         if feature_columns else None)
         infos.append(RowGroupInfo(piece.path, piece.row_group, rows,
-                                  rows - _null_count(filesystem, piece, meta, group, "jpeg")))
+                                  rows - _null_count(filesystem, piece, meta, group, "jpeg"), with_features))
     if not infos:
         raise TrainingTableError(f"the training split {split_path} holds no rows; rebuild the training table")
     return infos
@@ -200,7 +208,7 @@ def shard_plan(row_groups: Sequence[RowGroupInfo], shard_count: int) -> Optional
 
 
 def shard_row_counts(row_groups: Sequence[RowGroupInfo], shard_count: Optional[int], *,
-                     with_image: bool) -> list[int]:
+                     with_image: bool, with_features: bool = False) -> list[int]:
     """Rows each shard yields per pass (``[all rows]`` when not sharded).
 
     Parameters
@@ -211,11 +219,21 @@ def shard_row_counts(row_groups: Sequence[RowGroupInfo], shard_count: Optional[i
         From :func:`shard_plan`.
     with_image : bool
         Count only rows with a cutout (image modes drop the others).
+    with_features : bool
+        Count only rows with features (an :class:`InputSpec` with ``require_features`` drops the others); the
+        groups must come from :func:`list_row_groups` with ``feature_columns``.
     """
     count = shard_count or 1
     rows = [0] * count
     for index, group in enumerate(row_groups):
-        rows[index % count] += group.rows_with_image if with_image else group.rows
+        if with_image:
+            rows[index % count] += group.rows_with_image
+        elif with_features:
+            if group.rows_with_features is None:
+                raise ValueError("row groups listed without feature_columns cannot count rows with features")
+            rows[index % count] += group.rows_with_features
+        else:
+            rows[index % count] += group.rows
     return rows
 
 
@@ -252,6 +270,9 @@ class InputSpec:
     features: tuple[str, ...]
     normalisation: Mapping[str, Mapping[str, float]]
     image_size_px: int
+    # Drop rows without any feature value (a labels-only catalog's rows in an image table): the tabular fallback
+    # of an image model learns from the rows with photometry only, not from rows whose features would all be 0.
+    require_features: bool = False
 
     @property
     def uses_image(self) -> bool:
@@ -273,8 +294,13 @@ def transform_batch(frame: pd.DataFrame, spec: InputSpec) -> pd.DataFrame:
     statistics; always present so every mode has the same reader schema) and, in image modes, ``image`` (float32
     ``(S, S, 3)`` in [0, 1], decoded and resized by :func:`skyclass.features.decode_jpegs`, the decoder scoring
     uses too). Image modes drop rows whose cutout is missing or undecodable: scoring sends those objects to the
-    tabular model, so the image models never learn from blank images.
+    tabular model, so the image models never learn from blank images. ``spec.require_features`` drops the rows
+    that have no feature value at all (labels-only rows).
     """
+    if spec.require_features and len(frame):
+        present = frame[list(spec.features)].apply(pd.to_numeric, errors="coerce").notna().any(axis=1).to_numpy()
+        if not present.all():
+            frame = frame[present]
     features = standardise(frame, spec.features, spec.normalisation)
     labels = frame["label"].to_numpy(dtype=np.int32)
     out = {"label": labels}

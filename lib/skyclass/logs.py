@@ -41,10 +41,20 @@ def configure_logging(verbose: bool = False) -> None:
     quiet_third_party_warnings()
 
 
+# Keras's note, on the tensorflow logger, that a callback took longer than a training step: it comes at the first
+# steps of each fit (graph tracing, Horovod's broadcast and the warm-up callback), every process prints it, and
+# there is nothing a user can do about it.
+SLOW_CALLBACK_NOTE = "is slow compared to the batch time"
+
+
+def _not_slow_callback_note(record: logging.LogRecord) -> bool:
+    return SLOW_CALLBACK_NOTE not in str(record.msg)
+
+
 def quiet_third_party_warnings() -> None:
     """Hide the deprecation warnings pyarrow 10 raises inside Petastorm 0.13 (once per dataset and row group, on
     the driver and in every training process): they concern Petastorm's use of pyarrow, nothing a user can
-    change. Nothing else is filtered."""
+    change; and Keras's slow-callback note (:data:`SLOW_CALLBACK_NOTE`). Nothing else is filtered."""
     import warnings
 
     if os.environ.get("SKYCLASS_VERBOSE") == "1":
@@ -52,6 +62,9 @@ def quiet_third_party_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning, message=r".*pyarrow\.")
     warnings.filterwarnings("ignore", message="schema_fields behavior has changed")
+    tensorflow = logging.getLogger("tensorflow")
+    if _not_slow_callback_note not in tensorflow.filters:
+        tensorflow.addFilter(_not_slow_callback_note)
 
 
 class NativeOutput:

@@ -249,8 +249,10 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
                             f"{tc.feature_set!r}); rebuild the training table (skyclass table)")
     train_path = lake.training_split_path(lake_root, "train")
     validation_path = lake.training_split_path(lake_root, "validation")
-    train_groups = input_pipeline.list_row_groups(train_path)
-    validation_groups = input_pipeline.list_row_groups(validation_path)
+    # An image table may hold labels-only rows (no photometry): the tabular fallback reads the others only.
+    feature_columns = features if without_photometry else ()
+    train_groups = input_pipeline.list_row_groups(train_path, feature_columns)
+    validation_groups = input_pipeline.list_row_groups(validation_path, feature_columns)
     normalisation = {f: dict(stats.normalisation[f]) for f in features}
     model_kwargs = {
         "n_features": len(features), "image_size_px": tc.image_size_px, "n_classes": len(stats.classes),
@@ -266,7 +268,9 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
     modes = [(MAIN_PHASE, tc.mode)] + ([(TABULAR_PHASE, "tabular")] if tc.mode != "tabular" else [])
     phases = []
     for name, mode in modes:
-        spec = InputSpec(mode, tuple(features), normalisation, tc.image_size_px)
+        require = (name == TABULAR_PHASE and bool(without_photometry)
+                   and _fallback_has_photometry(tc, train_groups, validation_groups))
+        spec = InputSpec(mode, tuple(features), normalisation, tc.image_size_px, require_features=require)
         phases.append(_phase_plan(name, spec, tc, train_groups, validation_groups, model_kwargs))
     checkpoint_dir = tc.checkpoint_dir or os.path.join(conf.lake.path("models"),
                                                        f"{version}{package.CHECKPOINTS_SUFFIX}")
@@ -279,13 +283,37 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
         class_weight=weights, num_proc=tc.num_proc, reduce_lr_patience=tc.reduce_lr_patience, augment=tc.augment)
 
 
+def _fallback_has_photometry(tc, train_groups, validation_groups) -> bool:
+    """Whether an image table's rows with photometry are enough for the tabular fallback to train on them alone
+    (a batch for every process, and some validation rows); said either way."""
+    def per_shard(groups):
+        return min(input_pipeline.shard_row_counts(groups, input_pipeline.shard_plan(groups, tc.num_proc),
+                                                   with_image=False, with_features=True))
+
+    train_rows, validation_rows = per_shard(train_groups), per_shard(validation_groups)
+    total = sum(g.rows_with_features for g in train_groups)
+    if train_rows >= tc.batch_size and validation_rows >= 1:
+        log.info("tabular fallback: trained on the %d train rows with photometry only (of %d; the others are "
+                 "labels-only)", total, sum(g.rows for g in train_groups))
+        return True
+    log.warning("tabular fallback: the train split has %d rows with photometry (labels-only rows have none), too "
+                "few to train it on: it learns only the class mix, which objects scored without a usable cutout "
+                "get. Add their photometry (skyclass extract) for a fallback that classifies.", total)
+    return False
+
+
 def _phase_plan(name, spec: InputSpec, tc, train_groups, validation_groups, model_kwargs) -> PhasePlan:
     train_shards = input_pipeline.shard_plan(train_groups, tc.num_proc)
     validation_shards = input_pipeline.shard_plan(validation_groups, tc.num_proc)
-    train_rows = min(input_pipeline.shard_row_counts(train_groups, train_shards, with_image=spec.uses_image))
-    validation_rows = min(input_pipeline.shard_row_counts(validation_groups, validation_shards,
-                                                          with_image=spec.uses_image))
-    what = "rows with a cutout" if spec.uses_image else "rows"
+
+    def rows_per_shard(groups, shards):
+        return min(input_pipeline.shard_row_counts(groups, shards, with_image=spec.uses_image,
+                                                   with_features=spec.require_features))
+
+    train_rows = rows_per_shard(train_groups, train_shards)
+    validation_rows = rows_per_shard(validation_groups, validation_shards)
+    what = ("rows with a cutout" if spec.uses_image else "rows with photometry" if spec.require_features
+            else "rows")
     if train_rows < tc.batch_size:
         raise TrainingError(f"the train split gives a process only {train_rows} {what}, fewer than one batch of "
                             f"train.batch_size={tc.batch_size}; lower train.batch_size or train.num_proc, or add data")
