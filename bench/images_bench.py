@@ -151,8 +151,9 @@ def step_import(spark, limit=None) -> dict:
 
 
 def _test_predictions(package_path: str, lake_root: str):
-    """True labels, predicted labels and objids of a package on the test split (read with pyarrow, decoded with
-    the scoring decoder: independent of the training input pipeline)."""
+    """True labels, predicted labels, objids and the labels scoring gives (the argmax of the package's calibrated
+    probabilities: vector scaling can move decisions) of a package on the test split (read with pyarrow, decoded
+    with the scoring decoder: independent of the training input pipeline)."""
     import pyarrow.parquet as pq
 
     from skyclass import lake
@@ -163,7 +164,8 @@ def _test_predictions(package_path: str, lake_root: str):
     model = pkg.load_model()
     names = set(model.input_names)
     table = pq.read_table(lake.training_split_path(lake_root, "test"))
-    truth, pred, ids = [], [], []
+    calibration = pkg.calibration("main")
+    truth, pred, ids, scored = [], [], [], []
     for batch in table.to_batches(1024):
         frame = batch.to_pandas()
         inputs = {"features": standardise(frame, pkg.features, pkg.normalisation)}
@@ -175,8 +177,9 @@ def _test_predictions(package_path: str, lake_root: str):
         proba = model.predict(inputs, batch_size=256, verbose=0)
         truth.append(frame["label"].to_numpy()[keep])
         pred.append(proba.argmax(axis=1))
+        scored.append(calibration.apply(proba).argmax(axis=1))
         ids.append(frame["objid"].to_numpy()[keep])
-    return np.concatenate(truth), np.concatenate(pred), np.concatenate(ids)
+    return np.concatenate(truth), np.concatenate(pred), np.concatenate(ids), np.concatenate(scored)
 
 
 def _scores(truth, pred) -> dict:
@@ -235,8 +238,9 @@ def step_images(spark, runs, out: dict) -> dict:
         started = time.perf_counter()
         print(f"[images] training {name}: {train}", flush=True)
         run_conf, result = _train(spark, f"img-{name}", mode="image", **train)
-        truth, pred, _ = _test_predictions(result.path, root)
+        truth, pred, _, scored = _test_predictions(result.path, root)
         entry = _scores(truth, pred)
+        entry["calibrated"] = _scores(truth, scored)
         images_per_epoch = result.samples_per_s and int(
             (train.get("steps_per_epoch") or 0) * train.get("batch_size", 64) * 2) or None
         entry.update(train=train, train_img_per_s=result.samples_per_s, epochs=result.epochs,
@@ -251,6 +255,8 @@ def step_images(spark, runs, out: dict) -> dict:
         size = (f"{images_per_epoch:,} images/epoch (subsample)" if images_per_epoch else "whole train split/epoch")
         print(f"[images] {name}: {_fmt(entry)}; training {result.samples_per_s or 0:.0f} img/s, {result.epochs} "
               f"epochs, {size}, {entry['seconds']:.0f} s", flush=True)
+        print(f"[images] {name}, labels as scored (calibrated probabilities): {_fmt(entry['calibrated'])}",
+              flush=True)
         out["runs"][name] = entry
     return out
 
@@ -290,7 +296,7 @@ def step_pairs(spark, weights: str, train_common: dict, *, tabular_epochs: int, 
         if train is not None and (only is None or name in only):
             print(f"[pairs] training {name}", flush=True)
             _, result = _train(spark, f"pairs-{name}", **{**train_common, **train})
-            truth, pred, ids = _test_predictions(result.path, root)
+            truth, pred, ids, _ = _test_predictions(result.path, root)
             np.savez(saved, truth=truth, pred=pred, ids=ids, rate=result.samples_per_s or 0.0, epochs=result.epochs)
         elif os.path.exists(saved):
             data = np.load(saved)
