@@ -283,14 +283,17 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
         class_weight=weights, num_proc=tc.num_proc, reduce_lr_patience=tc.reduce_lr_patience, augment=tc.augment)
 
 
+def _rows_per_shard(groups, num_proc: int, *, with_image: bool, with_features: bool) -> int:
+    """Rows the smallest shard of a split yields per pass (what every process can read in lock step)."""
+    return min(input_pipeline.shard_row_counts(groups, input_pipeline.shard_plan(groups, num_proc),
+                                               with_image=with_image, with_features=with_features))
+
+
 def _fallback_has_photometry(tc, train_groups, validation_groups) -> bool:
     """Whether an image table's rows with photometry are enough for the tabular fallback to train on them alone
     (a batch for every process, and some validation rows); said either way."""
-    def per_shard(groups):
-        return min(input_pipeline.shard_row_counts(groups, input_pipeline.shard_plan(groups, tc.num_proc),
-                                                   with_image=False, with_features=True))
-
-    train_rows, validation_rows = per_shard(train_groups), per_shard(validation_groups)
+    train_rows, validation_rows = (_rows_per_shard(g, tc.num_proc, with_image=False, with_features=True)
+                                   for g in (train_groups, validation_groups))
     total = sum(g.rows_with_features for g in train_groups)
     if train_rows >= tc.batch_size and validation_rows >= 1:
         log.info("tabular fallback: trained on the %d train rows with photometry only (of %d; the others are "
@@ -305,13 +308,9 @@ def _fallback_has_photometry(tc, train_groups, validation_groups) -> bool:
 def _phase_plan(name, spec: InputSpec, tc, train_groups, validation_groups, model_kwargs) -> PhasePlan:
     train_shards = input_pipeline.shard_plan(train_groups, tc.num_proc)
     validation_shards = input_pipeline.shard_plan(validation_groups, tc.num_proc)
-
-    def rows_per_shard(groups, shards):
-        return min(input_pipeline.shard_row_counts(groups, shards, with_image=spec.uses_image,
-                                                   with_features=spec.require_features))
-
-    train_rows = rows_per_shard(train_groups, train_shards)
-    validation_rows = rows_per_shard(validation_groups, validation_shards)
+    train_rows, validation_rows = (_rows_per_shard(g, tc.num_proc, with_image=spec.uses_image,
+                                                   with_features=spec.require_features)
+                                   for g in (train_groups, validation_groups))
     what = ("rows with a cutout" if spec.uses_image else "rows with photometry" if spec.require_features
             else "rows")
     if train_rows < tc.batch_size:
