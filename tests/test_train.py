@@ -2,6 +2,7 @@
 training of each mode on a tiny lake written here with pyarrow (the paper preset's training table + stats.json)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -197,6 +198,35 @@ def test_row_counts_from_footers_match_what_each_shard_reader_delivers(tmp_path)
     # The footers' null counts, checked against the data itself.
     jpegs = pq.read_table(path, columns=["jpeg"]).column("jpeg")
     assert sum(delivered) == len(jpegs) - jpegs.null_count < len(jpegs)
+
+
+def test_reader_throughput_is_the_steady_rate_with_the_opening_reported_apart(tmp_path, monkeypatch):
+    """Opening the reader costs 100 s of a fake clock and each row group 1 s: the rate counts the row groups after
+    the first over the time they took, and the opening is reported as the first row group's latency."""
+    stats = write_training_lake(tmp_path / "lake")
+    path = lake.training_split_path(str(tmp_path / "lake"), "train")
+    now = [0.0]
+    real_open = input_pipeline.open_reader
+
+    @contextlib.contextmanager
+    def slow_to_open(*args, **kwargs):
+        now[0] += 100.0
+        with real_open(*args, **kwargs) as reader:
+            def timed():
+                for batch in reader:
+                    now[0] += 1.0
+                    yield batch
+            yield timed()
+
+    monkeypatch.setattr(input_pipeline, "open_reader", slow_to_open)
+    spec = InputSpec("tabular", PHOTOMETRIC_FEATURES, stats["features"], 32)
+    whole = input_pipeline.measure_reader_throughput(path, spec, clock=lambda: now[0])
+    assert whole["rows"] == 320 and whole["steady_rows"] == 280  # 8 row groups of 40
+    assert whole["first_batch_seconds"] == 101.0 and whole["seconds"] == 108.0
+    assert whole["rows_per_s"] == 40.0  # 280 rows in the 7 s after the first row group
+    now[0] = 0.0
+    part = input_pipeline.measure_reader_throughput(path, spec, max_rows=100, clock=lambda: now[0])
+    assert (part["rows"], part["steady_rows"], part["rows_per_s"]) == (120, 80, 40.0)
 
 
 def test_thread_pool_does_not_end_before_its_ventilator_has_handed_out_the_work():
