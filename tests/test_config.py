@@ -160,6 +160,13 @@ def test_relative_paths_resolve_against_the_checkout_not_the_code_zip_spark_subm
     (["train.trainable_layers=-1"], ["train.trainable_layers must be >= 0"]),
     (["train.tabular_units=[64, 0]"], ["train.tabular_units[1] must be > 0"]),
     (["train.backbone=xception", "train.image_size_px=64"], ["train.image_size_px (64)", "'xception'", "71 px"]),
+    (["train.image_crop_px=96"], ["train.image_crop_px (96) is larger than the cutouts", "image_size_px = 64"]),
+    (["train.image_crop_px=0"], ["train.image_crop_px must be > 0"]),
+    (["train.image_crop_px=8"], ["train.image_crop_px (8) is too small", "'small_cnn' with 4 conv blocks", "16 px"]),
+    (["train.backbone=xception", "train.image_size_px=72", "cutouts.size_px=72", "train.image_crop_px=64"],
+     ["train.image_crop_px (64) is too small", "'xception'", "71 px"]),
+    (["train.cnn_filters=[]"], ["train.cnn_filters must list at least one"]),
+    (["train.cnn_filters=[32, 0]"], ["train.cnn_filters[1] must be > 0"]),
     (["extract.page_rows=500001", "skyserver.row_cap=500000"],
      ["extract.page_rows (500001) must be <= skyserver.row_cap (500000)"]),
     (["train.image_size_px=128", "cutouts.size_px=64"], ["train.image_size_px (128) must be <= cutouts.size_px (64)"]),
@@ -173,6 +180,8 @@ def test_choices_and_rules_between_keys_are_checked_at_load(overrides, words):
 
 @pytest.mark.parametrize("overrides", [
     ["train.backbone=xception", "train.image_size_px=72", "cutouts.size_px=72"],
+    ["train.image_crop_px=16"],  # 4 conv blocks halve 16 px to 1
+    ["train.image_crop_px=8", "train.cnn_filters=[32, 64, 128]"],
     ["train.mode=tabular", "train.image_size_px=128", "cutouts.size_px=64"],  # a tabular model reads no image
     ["train.reduce_lr_patience=2", "train.early_stopping_patience=0"],  # no early stopping: any patience is fine
     ["train.warmup_epochs=2", "train.epochs=2"],

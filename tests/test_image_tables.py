@@ -161,13 +161,13 @@ def test_image_training_without_photometry_exports_weights_and_evaluates_unlabel
     """The real jobs on a labels-only import: Horovod image training, the exported image branch loading into a
     multimodal model, and an evaluation without the SIMULATED label (the cutouts' source says import)."""
     from skyclass.evaluate import evaluate
-    from skyclass.models import build_model
+    from skyclass.models import build_model, image_weights_info
     from skyclass.package import ModelPackage
     from skyclass.train import train_model
 
     conf = conf_for(train={"mode": "image", "batch_size": 16, "image_size_px": 32, "num_proc": 2, "epochs": 2,
                            "fusion_units": [8], "batch_norm": False, "dropout": 0.0, "warmup_epochs": 0,
-                           "augment": True, "version": "real-img"},
+                           "augment": True, "version": "real-img", "image_crop_px": 16, "cnn_filters": [8, 16]},
                     split={"group_by": "field", "salt": SALT}, evaluate={"baselines": []},
                     cutouts={"rows_per_row_group": 20})
     ids, classes = _objects(n_fields=40, per_field=4)
@@ -179,9 +179,13 @@ def test_image_training_without_photometry_exports_weights_and_evaluates_unlabel
     assert package.metadata["simulated_images"] is False
     assert package.domain_reference() is None  # no photometry: no in-domain reference, no domain flags
 
-    trained = package.load_model().get_layer("small_cnn").get_weights()
-    fused = build_model("multimodal", n_features=5, image_size_px=32, weights=result.image_weights,
-                        batch_norm=False)
+    model = package.load_model()
+    assert model.get_layer("small_cnn").input_shape == (None, 16, 16, 3)  # the central 16 px of 32
+    trained = model.get_layer("small_cnn").get_weights()
+    assert image_weights_info(result.image_weights) == {"backbone": "small_cnn", "image_size_px": 16,
+                                                       "cnn_filters": (8, 16)}
+    fused = build_model("multimodal", n_features=5, image_size_px=32, image_crop_px=16, cnn_filters=(8, 16),
+                        weights=result.image_weights, batch_norm=False)
     for a, b in zip(fused.get_layer("small_cnn").get_weights(), trained):
         np.testing.assert_array_equal(a, b)
 

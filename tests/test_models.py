@@ -107,6 +107,26 @@ def test_small_cnn_layout_follows_cnn_filters_and_batch_norm():
                    for layer in without_bn.get_layer("small_cnn").layers)
 
 
+def test_a_centre_crop_feeds_the_backbone_only_the_central_pixels():
+    """The cropped model's output depends on the central 8 px of a 16 px cutout and on nothing outside them."""
+    model = build_model("image", n_features=1, image_size_px=16, cnn_filters=(4, 8), image_crop_px=8)
+    assert model.get_layer("small_cnn").input_shape == (None, 8, 8, 3)
+    rng = np.random.default_rng(0)
+    image = rng.random((2, 16, 16, 3)).astype(np.float32)
+    other_border = rng.random((2, 16, 16, 3)).astype(np.float32)
+    other_border[:, 4:12, 4:12] = image[:, 4:12, 4:12]
+    other_centre = image.copy()
+    other_centre[:, 7, 7] = 1.0 - image[:, 7, 7]
+
+    def predict(x):
+        return model({"image": x}, training=False).numpy()
+
+    np.testing.assert_allclose(predict(image), predict(other_border), rtol=1e-6)
+    assert not np.allclose(predict(image), predict(other_centre))
+    odd = build_model("image", n_features=1, image_size_px=16, cnn_filters=(4,), image_crop_px=5)
+    assert odd.get_layer("small_cnn").input_shape == (None, 5, 5, 3)
+
+
 @pytest.mark.parametrize("backbone, size_px", [
     ("resnet50", 32), ("vgg16", 32), ("densenet121", 32), ("efficientnetb2", 32), ("xception", 71)])
 def test_application_backbone_builds_and_applies_its_own_preprocessing(backbone, size_px):

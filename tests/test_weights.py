@@ -55,6 +55,15 @@ def test_a_file_of_another_size_or_backbone_is_a_clear_error(tmp_path):
         build_model("image", n_features=5, weights=path, **other_filters)
 
 
+def test_a_cropped_model_s_file_records_the_size_its_backbone_saw(tmp_path):
+    cropped = dict(SMALL, image_crop_px=16)
+    path = save_image_weights(build_model("image", n_features=5, **cropped), tmp_path / "crop.h5",
+                              backbone="small_cnn", image_size_px=16, cnn_filters=SMALL["cnn_filters"])
+    build_model("multimodal", n_features=5, weights=path, **cropped)  # the same crop of the same cutouts loads
+    with pytest.raises(ModelConfigError, match="trained at 16 px.*at 32 px.*train.image_crop_px"):
+        build_model("image", n_features=5, weights=path, **SMALL)  # the whole 32 px cutout does not
+
+
 def test_saving_needs_an_image_branch(tmp_path):
     tabular = build_model("tabular", n_features=5, tabular_units=(8,))
     with pytest.raises(ModelConfigError, match="no 'small_cnn' image branch"):

@@ -235,6 +235,9 @@ class TrainConfig:
     weights: Optional[str] = None  # "imagenet" (needs internet), a local weights file, or None
     trainable_layers: Optional[int] = None
     image_size_px: int = 64
+    # The central N px of each cutout are all the image network sees (a crop inside the model); None = all of it.
+    image_crop_px: Optional[int] = None
+    cnn_filters: Sequence[int] = (32, 64, 128, 128)  # small_cnn's conv blocks (each halves the side)
     tabular_units: Sequence[int] = (128, 64, 32)
     fusion_units: Sequence[int] = (64,)
     dropout: float = 0.2
@@ -265,7 +268,9 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
         _choice(self.backbone, BACKBONES, f"{where}.backbone")
-        for name in ("tabular_units", "fusion_units"):
+        if not self.cnn_filters:
+            raise ConfigError(f"{where}.cnn_filters must list at least one conv block's filters, e.g. [32, 64, 128, 128]")
+        for name in ("tabular_units", "fusion_units", "cnn_filters"):
             for i, units in enumerate(getattr(self, name)):
                 _positive(units, f"{where}.{name}[{i}]")
         for name in ("warmup_epochs", "early_stopping_patience"):
@@ -282,13 +287,23 @@ class TrainConfig:
             raise ConfigError(f"{where}.reduce_lr_patience ({self.reduce_lr_patience}) must be < "
                               f"{where}.early_stopping_patience ({self.early_stopping_patience}), or early "
                               "stopping ends the run before the learning rate is ever reduced; set it lower or null")
+        if self.image_crop_px is not None:
+            _positive(self.image_crop_px, f"{where}.image_crop_px")
+            if self.image_crop_px > self.image_size_px:
+                raise ConfigError(f"{where}.image_crop_px ({self.image_crop_px}) is larger than the cutouts "
+                                  f"({where}.image_size_px = {self.image_size_px}); crop to at most "
+                                  f"{self.image_size_px} px, or null for the whole cutout")
         if self.mode != "tabular":
-            from skyclass.models import min_image_size_px
+            from skyclass.models import backbone_input_px, min_image_size_px
 
-            smallest = min_image_size_px(self.backbone)
-            if self.image_size_px < smallest:
-                raise ConfigError(f"{where}.image_size_px ({self.image_size_px}) is too small for {where}.backbone "
-                                  f"{self.backbone!r}, which needs at least {smallest} px")
+            smallest = min_image_size_px(self.backbone, tuple(self.cnn_filters))
+            seen = backbone_input_px(self.image_size_px, self.image_crop_px)
+            if seen < smallest:
+                name = "image_crop_px" if self.image_crop_px is not None else "image_size_px"
+                raise ConfigError(f"{where}.{name} ({seen}) is too small for {where}.backbone "
+                                  f"{self.backbone!r}" + (f" with {len(self.cnn_filters)} conv blocks"
+                                                          if self.backbone == "small_cnn" else "")
+                                  + f", which needs at least {smallest} px")
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,11 @@ def _application(backbone: str) -> tuple[Any, Any]:
     }[backbone]
 
 
+def backbone_input_px(image_size_px: int, image_crop_px: int | None = None) -> int:
+    """Side of the images the backbone sees: the central crop if there is one, else the whole cutout."""
+    return int(image_crop_px) if image_crop_px is not None else int(image_size_px)
+
+
 def min_image_size_px(backbone: str, cnn_filters: Sequence[int] = (32, 64, 128, 128)) -> int:
     """Smallest image side a backbone accepts.
 
@@ -134,6 +139,7 @@ def build_model(
     dropout: float = 0.2,
     batch_norm: bool = True,
     cnn_filters: Sequence[int] = (32, 64, 128, 128),
+    image_crop_px: int | None = None,
 ) -> "tf.keras.Model":
     """Build an (uncompiled) tabular, image or late-fusion multimodal classifier.
 
@@ -143,7 +149,7 @@ def build_model(
     ``n_classes``.
 
     - tabular: ``features`` -> Dense(relu) per ``tabular_units`` (each + BatchNorm + Dropout) -> softmax.
-    - image: ``image`` -> backbone -> GlobalAveragePooling -> head -> softmax.
+    - image: ``image`` -> [centre crop] -> backbone -> GlobalAveragePooling -> head -> softmax.
     - multimodal: concat(pooled image features, last tabular layer) -> head -> softmax.
 
     The head is one Dense(relu) (+ Dropout) per ``fusion_units``. Application backbones get their own
@@ -183,6 +189,11 @@ def build_model(
         Add BatchNormalization after each tabular dense layer and each ``small_cnn`` conv layer.
     cnn_filters : sequence of int
         Filters of the ``small_cnn`` conv blocks (Conv2D 3x3 relu [+BN] + MaxPool 2x2).
+    image_crop_px : int or None
+        If given, the backbone sees only the central ``image_crop_px`` pixels of each ``image_size_px`` cutout (a
+        ``Cropping2D`` layer named ``image_centre_crop``, inside the model, so scoring feeds the same cutouts as
+        training). The object is at the centre of its cutout; the crop leaves out neighbours and sky and costs
+        ``(image_crop_px / image_size_px)**2`` of the backbone's work. None uses the whole cutout.
 
     Returns
     -------
@@ -209,10 +220,17 @@ def build_model(
     if uses_image:
         cnn_filters = _check_units("cnn_filters", cnn_filters, allow_empty=backbone != "small_cnn")
         image_size_px = _check_positive_int("image_size_px", image_size_px)
+        if image_crop_px is not None:
+            image_crop_px = _check_positive_int("image_crop_px", image_crop_px)
+            if image_crop_px > image_size_px:
+                raise ModelConfigError(f"image_crop_px={image_crop_px} is larger than the cutouts "
+                                       f"(image_size_px={image_size_px}); crop to at most {image_size_px} px")
+        seen_px = backbone_input_px(image_size_px, image_crop_px)
         minimum_px = min_image_size_px(backbone, cnn_filters)
-        if image_size_px < minimum_px:
+        if seen_px < minimum_px:
+            what = f"image_crop_px={image_crop_px}" if image_crop_px is not None else f"image_size_px={image_size_px}"
             raise ModelConfigError(
-                f"image_size_px={image_size_px} is too small for backbone {backbone!r}, which needs at least "
+                f"{what} is too small for backbone {backbone!r}, which needs at least "
                 f"{minimum_px} px; use larger cutouts or another backbone"
             )
         if trainable_layers is not None:
@@ -231,9 +249,13 @@ def build_model(
     if uses_image:
         image = tf.keras.Input(shape=(image_size_px, image_size_px, 3), dtype="float32", name=IMAGE_INPUT)
         inputs.append(image)
-        net = _image_backbone(backbone, image_size_px, cnn_filters=cnn_filters, batch_norm=batch_norm, weights=weights)
+        net = _image_backbone(backbone, seen_px, cnn_filters=cnn_filters, batch_norm=batch_norm, weights=weights)
         _freeze_all_but_last(net, trainable_layers)
         x = image
+        if seen_px != image_size_px:
+            before = (image_size_px - seen_px) // 2
+            margins = (before, image_size_px - seen_px - before)
+            x = layers.Cropping2D((margins, margins), name="image_centre_crop")(x)
         if backbone != "small_cnn":
             x = _preprocess_layer(backbone)(x)
         branches.append(layers.GlobalAveragePooling2D(name="image_pool")(net(x)))
@@ -362,6 +384,7 @@ def save_image_weights(model: "tf.keras.Model", path: str | os.PathLike, *, back
         Output ``.h5`` file.
     backbone : str
     image_size_px : int
+        Side of the images the backbone was trained on (the central crop, if the model crops).
     cnn_filters : sequence of int
 
     Returns
@@ -419,8 +442,8 @@ def _check_image_weights_match(path: str, backbone: str, image_size_px: int, cnn
             + (f" with filters {list(info['cnn_filters'])}" if info["cnn_filters"] else "")
             + f", but this model has backbone {backbone!r} at {image_size_px} px"
             + (f" with filters {list(want['cnn_filters'])}" if want["cnn_filters"] else "")
-            + f" ({', '.join(different)} differ); set train.backbone / train.image_size_px to the file's, or use "
-            "weights trained for this model")
+            + f" ({', '.join(different)} differ); set train.backbone, train.image_size_px (train.image_crop_px if "
+            "the model crops) and train.cnn_filters to the file's, or use weights trained for this model")
 
 
 def _load_weights_file(net: "tf.keras.Model", path: str, backbone: str) -> None:

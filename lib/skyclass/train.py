@@ -215,13 +215,14 @@ def train_model(spark, conf: Config) -> TrainResult:
 def _export_image_weights(package_path: str, conf: Config) -> str:
     """The trained image branch as ``<models>/<version>.image-weights.h5`` (beside the package, not in it), which
     ``train.weights`` loads into the backbone of another image or multimodal model (models.save_image_weights)."""
-    from skyclass.models import IMAGE_WEIGHTS_SUFFIX, save_image_weights
+    from skyclass.models import IMAGE_WEIGHTS_SUFFIX, backbone_input_px, save_image_weights
     from skyclass.package import ModelPackage
 
     target = package_path.rstrip("/") + IMAGE_WEIGHTS_SUFFIX
+    seen_px = backbone_input_px(conf.train.image_size_px, conf.train.image_crop_px)
     save_image_weights(ModelPackage.load(package_path).load_model(), target, backbone=conf.train.backbone,
-                       image_size_px=conf.train.image_size_px)
-    log.info("image branch weights (%s, %d px) written to %s", conf.train.backbone, conf.train.image_size_px, target)
+                       image_size_px=seen_px, cnn_filters=tuple(conf.train.cnn_filters))
+    log.info("image branch weights (%s, %d px) written to %s", conf.train.backbone, seen_px, target)
     return target
 
 
@@ -258,7 +259,7 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
         "n_features": len(features), "image_size_px": tc.image_size_px, "n_classes": len(stats.classes),
         "backbone": tc.backbone, "weights": tc.weights, "trainable_layers": tc.trainable_layers,
         "tabular_units": tuple(tc.tabular_units), "fusion_units": tuple(tc.fusion_units), "dropout": tc.dropout,
-        "batch_norm": tc.batch_norm,
+        "batch_norm": tc.batch_norm, "cnn_filters": tuple(tc.cnn_filters), "image_crop_px": tc.image_crop_px,
     }
     for split, groups in (("train", train_groups), ("validation", validation_groups)):
         if tc.num_proc > 1 and input_pipeline.shard_plan(groups, tc.num_proc) is None:
