@@ -161,9 +161,29 @@ def test_transform_standardises_features_and_decodes_cutouts():
     np.testing.assert_array_equal(image["label"], [0, 1])
     np.testing.assert_allclose(np.stack(image["features"]), [[0, 0], [0.5, 0]])
     pixels = np.stack(image["image"])
-    assert pixels.shape == (2, 8, 8, 3) and pixels.dtype == np.float32
-    np.testing.assert_allclose(pixels[0].mean(axis=(0, 1)), [1, 0, 0], atol=0.02)
-    np.testing.assert_allclose(pixels[1].mean(axis=(0, 1)), [0, 0, 1], atol=0.02)
+    assert pixels.shape == (2, 8, 8, 3) and pixels.dtype == np.uint8  # scaled to [0, 1] in make_dataset
+    np.testing.assert_allclose(pixels[0].mean(axis=(0, 1)), [255, 0, 0], atol=5)
+    np.testing.assert_allclose(pixels[1].mean(axis=(0, 1)), [0, 0, 255], atol=5)
+
+
+def test_training_batches_hold_the_pixels_scoring_decodes_to_the_bit(tmp_path):
+    """The reader hands uint8 pixels through Petastorm and TensorFlow scales them; scoring decodes with
+    features.decode_jpegs: both must give the models the same float32 values."""
+    from skyclass.features import decode_jpegs
+
+    stats = write_training_lake(tmp_path / "lake", rows={"train": 60, "validation": 20, "test": 20},
+                                rows_per_group={"train": 60, "validation": 20, "test": 20}, files_per_split=1)
+    path = lake.training_split_path(str(tmp_path / "lake"), "train")
+    jpegs = [b for b in pq.read_table(path, columns=["jpeg"]).column("jpeg").to_pylist() if b is not None]
+    expected, ok = decode_jpegs(jpegs, 32)
+    assert ok.all() and expected.dtype == np.float32 and 0 < expected.mean() < 1
+    spec = InputSpec("multimodal", PHOTOMETRIC_FEATURES, stats["features"], 32)
+    with input_pipeline.open_reader(path, spec, num_epochs=1, shuffle=False, workers_count=1) as reader:
+        inputs, _ = next(iter(input_pipeline.make_dataset(reader, spec, batch_size=len(jpegs),
+                                                          drop_remainder=False)))
+    got = inputs["image"].numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_tabular_reader_never_reads_cutouts():
@@ -602,7 +622,7 @@ def test_shuffle_buffer_holds_a_whole_row_group_within_its_memory_budget():
     tabular = InputSpec("tabular", ("u_g", "g_r"), {}, 64)
     assert shuffle_buffer_rows(groups, 64, images) == 1200  # the largest row group, not 2 batches
     assert shuffle_buffer_rows(groups[:1], 800, images) == 1600  # never under two batches
-    row_bytes = 4 * (2 + 3 * 256 ** 2) + 8
-    huge = InputSpec("image", ("u_g", "g_r"), {}, 256)  # 768 KB a row: the memory budget decides
+    row_bytes = 4 * 2 + 3 * 512 ** 2 + 8  # float32 features, uint8 pixels, the label
+    huge = InputSpec("image", ("u_g", "g_r"), {}, 512)  # 768 KB a row: the memory budget decides
     assert shuffle_buffer_rows(groups, 64, huge) == max(128, SHUFFLE_BUFFER_BYTES // row_bytes)
     assert shuffle_buffer_rows(groups, 64, tabular) == 1200

@@ -383,8 +383,8 @@ class CutoutDecodeError(ValueError):
     """A stored cutout is not a decodable JPEG."""
 
 
-def decode_jpeg(data: bytes, size_px: int) -> np.ndarray:
-    """One JPEG → float32 (size, size, 3) array scaled to [0, 1], resized if it is not already ``size_px``."""
+def decode_jpeg_pixels(data: bytes, size_px: int) -> np.ndarray:
+    """One JPEG → uint8 (size, size, 3) RGB pixels, resized if it is not already ``size_px``."""
     from PIL import Image
 
     try:
@@ -392,21 +392,36 @@ def decode_jpeg(data: bytes, size_px: int) -> np.ndarray:
             img = img.convert("RGB")
             if img.size != (size_px, size_px):
                 img = img.resize((size_px, size_px), Image.BILINEAR)
-            return np.asarray(img, dtype=np.float32) / 255.0
+            return np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as err:
         raise CutoutDecodeError(f"cutout is not a decodable JPEG ({err})") from err
 
 
-def decode_jpegs(blobs: Sequence[bytes | None], size_px: int) -> tuple[np.ndarray, np.ndarray]:
-    """Many JPEGs → (float32 batch (n, size, size, 3), boolean ``ok`` mask); missing or broken ones are zeros."""
-    images = np.zeros((len(blobs), size_px, size_px, 3), dtype=np.float32)
+def decode_jpeg(data: bytes, size_px: int) -> np.ndarray:
+    """One JPEG → float32 (size, size, 3) array scaled to [0, 1], resized if it is not already ``size_px``."""
+    return pixels_to_unit(decode_jpeg_pixels(data, size_px))
+
+
+def pixels_to_unit(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels → float32 in [0, 1]: ``pixels / 255`` in float32, the scaling the models are trained with (the
+    training pipeline applies the same division in TensorFlow, with the same result to the bit)."""
+    return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+
+
+def decode_jpegs(blobs: Sequence[bytes | None], size_px: int, *, as_uint8: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Many JPEGs → (batch (n, size, size, 3), boolean ``ok`` mask); missing or broken ones are zeros.
+
+    The batch is float32 in [0, 1], or with ``as_uint8`` the uint8 pixels (a quarter of the bytes: the training
+    reader hands those over and scales them in TensorFlow, see :func:`pixels_to_unit`)."""
+    pixels = np.zeros((len(blobs), size_px, size_px, 3), dtype=np.uint8)
     ok = np.zeros(len(blobs), dtype=bool)
     for k, blob in enumerate(blobs):
         if blob is None or len(blob) == 0:
             continue
         try:
-            images[k] = decode_jpeg(bytes(blob), size_px)
+            pixels[k] = decode_jpeg_pixels(bytes(blob), size_px)
             ok[k] = True
         except CutoutDecodeError:
             pass
-    return images, ok
+    return (pixels if as_uint8 else pixels_to_unit(pixels)), ok

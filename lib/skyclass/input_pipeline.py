@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_MODES = ("image", "multimodal")
 FEATURE_MODES = ("tabular", "multimodal")
-# Each queued result is one decoded row group (~50 MB at 1,000 rows of 64 px float32 images): keep few in flight.
+# Each queued result is one decoded row group (~12 MB at 1,000 rows of 64 px uint8 images): keep few in flight.
 RESULTS_QUEUE_ROW_GROUPS = 4
 
 
@@ -291,11 +291,13 @@ def transform_batch(frame: pd.DataFrame, spec: InputSpec) -> pd.DataFrame:
     """One row group of the training table → model inputs, one row per object.
 
     Returns a frame with ``label`` (int32), ``features`` (float32 vector per row, standardised with the stored
-    statistics; always present so every mode has the same reader schema) and, in image modes, ``image`` (float32
-    ``(S, S, 3)`` in [0, 1], decoded and resized by :func:`skyclass.features.decode_jpegs`, the decoder scoring
-    uses too). Image modes drop rows whose cutout is missing or undecodable: scoring sends those objects to the
-    tabular model, so the image models never learn from blank images. ``spec.require_features`` drops the rows
-    that have no feature value at all (labels-only rows).
+    statistics; always present so every mode has the same reader schema) and, in image modes, ``image`` (uint8
+    ``(S, S, 3)`` pixels, decoded and resized by :func:`skyclass.features.decode_jpegs`, the decoder scoring uses
+    too; :func:`make_dataset` scales them to [0, 1] in TensorFlow. uint8 rows are a quarter of float32 ones
+    through Petastorm's row-group round trip, which on float32 images cost more than the decoding itself).
+    Image modes drop rows whose cutout is missing or undecodable: scoring sends those objects to the tabular
+    model, so the image models never learn from blank images. ``spec.require_features`` drops the rows that have
+    no feature value at all (labels-only rows).
     """
     if spec.require_features and len(frame):
         present = frame[list(spec.features)].apply(pd.to_numeric, errors="coerce").notna().any(axis=1).to_numpy()
@@ -305,7 +307,7 @@ def transform_batch(frame: pd.DataFrame, spec: InputSpec) -> pd.DataFrame:
     labels = frame["label"].to_numpy(dtype=np.int32)
     out = {"label": labels}
     if spec.uses_image:
-        images, ok = decode_jpegs(list(frame["jpeg"]), spec.image_size_px)
+        images, ok = decode_jpegs(list(frame["jpeg"]), spec.image_size_px, as_uint8=True)
         labels, features, images = labels[ok], features[ok], images[ok]
         out = {"label": labels, "image": list(images)}
     out["features"] = list(features)
@@ -319,7 +321,7 @@ def _transform_spec(spec: InputSpec):
     edit = [("features", np.float32, (n_features,), False)]
     selected = ["label", "features"]
     if spec.uses_image:
-        edit.append(("image", np.float32, (spec.image_size_px, spec.image_size_px, 3), False))
+        edit.append(("image", np.uint8, (spec.image_size_px, spec.image_size_px, 3), False))
         selected.append("image")
     return TransformSpec(_BatchTransform(spec), edit_fields=edit, selected_fields=selected)
 
@@ -425,7 +427,8 @@ def make_dataset(reader, spec: InputSpec, *, batch_size: int, shuffle_buffer: in
 
     Petastorm hands over whole row groups; they are split into rows and rebatched so every step has the same
     batch size. Only the inputs the mode uses are in the dict. ``augment`` applies :func:`augment_image` to each
-    image (training only; a no-op for tabular specs).
+    image (training only; a no-op for tabular specs). Images arrive as uint8 pixels and leave as float32 in
+    [0, 1] (``pixels / 255``, as :func:`skyclass.features.pixels_to_unit` computes for scoring).
     """
     import tensorflow as tf
     from petastorm.tf_utils import make_petastorm_dataset
@@ -444,7 +447,7 @@ def make_dataset(reader, spec: InputSpec, *, batch_size: int, shuffle_buffer: in
         if uses_features:
             inputs["features"] = row.features
         if uses_image:
-            inputs["image"] = row.image
+            inputs["image"] = tf.cast(row.image, tf.float32) / tf.constant(255.0, tf.float32)
         return inputs, row.label
 
     return dataset.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -336,7 +336,7 @@ def _phase_plan(name, spec: InputSpec, tc, train_groups, validation_groups, mode
                      fingerprint=fingerprint)
 
 
-# What the decoded rows waiting in one process's shuffle buffer may take (64 px float32 images: 48 KB a row).
+# What the decoded rows waiting in one process's shuffle buffer may take (64 px uint8 images: 12 KB a row).
 SHUFFLE_BUFFER_BYTES = 256 * 2**20
 
 
@@ -357,7 +357,8 @@ def shuffle_buffer_rows(train_groups, batch_size: int, spec: InputSpec) -> int:
     int
     """
     largest_group = max((g.rows for g in train_groups), default=0)
-    row_bytes = 4 * (len(spec.features) + (3 * spec.image_size_px ** 2 if spec.uses_image else 0)) + 8
+    # float32 features, uint8 pixels, the label.
+    row_bytes = 4 * len(spec.features) + (3 * spec.image_size_px ** 2 if spec.uses_image else 0) + 8
     return max(2 * batch_size, min(largest_group, SHUFFLE_BUFFER_BYTES // row_bytes))
 
 
