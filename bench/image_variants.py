@@ -1,0 +1,140 @@
+"""Which small_cnn variant to train on real cutouts: in-process Keras on a subsample of the image training table
+that ``bench/images_bench.py --steps import,images`` leaves in bench-results/images/lake, scored on its validation
+split (the test split stays for the real runs). One seed, no Horovod: a quick screen, not a result.
+
+    python bench/image_variants.py base,crop32,crop32-f64_128_256_256,crop24-f64_128_256_256,centre8 25000 6
+
+A variant name is dash-separated parts: ``cropN`` (the central N px, as train.image_crop_px), ``fA_B_C`` (conv
+filters, as train.cnn_filters), ``dbl`` (two convs per block), ``centreN`` (the central NxN pixels also fed
+directly to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout). Each block is Conv2D 3x3
+relu + BatchNorm + MaxPool 2x2, then global average pooling, Dense 64 relu, Dropout 0.2, softmax, as small_cnn.
+Batches of 128 with random flips and quarter turns; Adam 2e-3, 1e-3 for the last two epochs. Prints validation
+accuracy and per-class F1 after every epoch and a RESULT line per variant; writes
+bench-results/image_variants.json.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "lib"))
+RESULTS = os.path.join(REPO, "bench-results")
+TRAINING = os.path.join(RESULTS, "images", "lake", "training")
+
+
+def load(split: str):
+    """uint8 pixels, labels and objids of one split of the bench's image training table (cached as .npz)."""
+    import pyarrow.parquet as pq
+
+    from skyclass.features import decode_jpegs
+
+    cache = os.path.join(RESULTS, "images", f"variants-{split}.npz")
+    if os.path.exists(cache):
+        data = np.load(cache)
+        return data["x"], data["y"], data["objid"]
+    files = glob.glob(os.path.join(TRAINING, split, "*.parquet"))
+    if not files:
+        raise SystemExit(f"no image training table under {TRAINING}: run bench/images_bench.py --steps "
+                         "import,images first")
+    table = pq.ParquetDataset(files).read(columns=["objid", "label", "jpeg"]).to_pandas()
+    table = table[table["jpeg"].notna()]
+    x, ok = decode_jpegs(table["jpeg"].tolist(), 64, as_uint8=True)
+    x, y, objid = x[ok], table["label"].to_numpy()[ok], table["objid"].to_numpy()[ok]
+    np.savez(cache, x=x, y=y, objid=objid)
+    return x, y, objid
+
+
+def build(name: str):
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    image = tf.keras.Input((64, 64, 3), name="image")
+    filters, crop, convs, centre = (32, 64, 128, 128), 0, 1, 0
+    for part in name.split("-"):
+        if part.startswith("crop"):
+            crop = int(part[4:])
+        elif part.startswith("centre"):
+            centre = int(part[6:])
+        elif part.startswith("f"):
+            filters = tuple(int(v) for v in part[1:].split("_"))
+        elif part == "dbl":
+            convs = 2
+        elif part != "base":
+            raise SystemExit(f"unknown variant part {part!r} in {name!r}")
+    x = layers.Cropping2D((64 - crop) // 2)(image) if crop else image
+    for n_filters in filters:
+        for _ in range(convs):
+            x = layers.Conv2D(n_filters, 3, padding="same", activation="relu")(x)
+            x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.MaxPooling2D(2)(x)
+    pooled = layers.GlobalAveragePooling2D()(x)
+    if centre:
+        direct = layers.Dense(64, activation="relu")(layers.Flatten()(layers.Cropping2D((64 - centre) // 2)(image)))
+        pooled = layers.Concatenate()([pooled, direct])
+    head = layers.Dropout(0.2)(layers.Dense(64, activation="relu")(pooled))
+    return tf.keras.Model(image, layers.Dense(3, activation="softmax")(head))
+
+
+def f1_scores(truth, pred):
+    out = []
+    for c in range(3):
+        tp = int(((pred == c) & (truth == c)).sum())
+        out.append(round(2 * tp / max(int((pred == c).sum() + (truth == c).sum()), 1), 4))
+    return out
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    names = argv[0].split(",") if argv else ["base", "crop32"]
+    n_train = int(argv[1]) if len(argv) > 1 else 25000
+    epochs = int(argv[2]) if len(argv) > 2 else 6
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.keras.utils.set_random_seed(7)
+    x_train, y_train, _ = load("train")
+    x_val, y_val, _ = load("validation")
+    idx = np.random.default_rng(0).permutation(len(y_train))[:n_train]
+    x_train, y_train = x_train[idx], y_train[idx]
+
+    def augment(pixels, label):
+        img = tf.image.random_flip_left_right(tf.cast(pixels, tf.float32) / 255.0)
+        return tf.image.rot90(img, k=tf.random.uniform([], 0, 4, dtype=tf.int32)), label
+
+    data = (tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(20000, seed=1)
+            .map(augment, num_parallel_calls=2).batch(128).prefetch(2))
+    x_val_f = x_val.astype(np.float32) / 255.0
+    results = []
+    for name in names:
+        model = build(name)
+        model.compile(tf.keras.optimizers.legacy.Adam(0.002), "sparse_categorical_crossentropy", ["accuracy"])
+        started, rows = time.perf_counter(), []
+        for epoch in range(epochs):
+            if epoch == epochs - 2:
+                model.optimizer.learning_rate.assign(0.001)
+            model.fit(data, epochs=1, verbose=0)
+            pred = model.predict(x_val_f, batch_size=512, verbose=0).argmax(axis=1)
+            rows.append({"epoch": epoch + 1, "accuracy": round(float((pred == y_val).mean()), 4),
+                         "f1": f1_scores(y_val, pred)})
+            print(f"{name} epoch {epoch + 1}: validation accuracy {rows[-1]['accuracy']}, F1 GALAXY/STAR/QSO "
+                  f"{rows[-1]['f1']} ({time.perf_counter() - started:.0f} s)", flush=True)
+        result = {"name": name, "params": int(model.count_params()), "validation_objects": int(len(y_val)),
+                  "train_images": int(n_train), "epochs": epochs, "accuracy": rows[-1]["accuracy"],
+                  "f1": rows[-1]["f1"], "best_accuracy": max(r["accuracy"] for r in rows),
+                  "img_per_s": round(n_train * epochs / (time.perf_counter() - started)), "curve": rows}
+        print("RESULT", json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+        results.append(result)
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "image_variants.json"), "w") as fh:
+        json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
