@@ -73,7 +73,6 @@ def step_scale(n_train: int, n_test: int, epochs: int) -> dict:
     import pyarrow.parquet as pq
     import tensorflow as tf
 
-    from skyclass.metrics import classification_metrics  # noqa: F401  (same metrics module as evaluate)
     from skyclass.models import build_model, compile_model
 
     table = pq.read_table(CUTOUTS_FILE).to_pandas()
