@@ -269,7 +269,8 @@ class TrainConfig:
             raise ConfigError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
         _choice(self.backbone, BACKBONES, f"{where}.backbone")
         if not self.cnn_filters:
-            raise ConfigError(f"{where}.cnn_filters must list at least one conv block's filters, e.g. [32, 64, 128, 128]")
+            raise ConfigError(f"{where}.cnn_filters must list at least one conv block's filters, "
+                              "e.g. [32, 64, 128, 128]")
         for name in ("tabular_units", "fusion_units", "cnn_filters"):
             for i, units in enumerate(getattr(self, name)):
                 _positive(units, f"{where}.{name}[{i}]")
