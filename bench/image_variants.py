@@ -2,12 +2,14 @@
 that ``bench/images_bench.py --steps import,images`` leaves in bench-results/images/lake, scored on its validation
 split (the test split stays for the real runs). One seed, no Horovod: a quick screen, not a result.
 
-    python bench/image_variants.py base,crop32,crop32-f64_128_256_256,crop24-f64_128_256_256,centre8 25000 6
+    python bench/image_variants.py \
+        base,crop32,crop32-f64_128_256_256,crop24-f64_128_256_256,centre8 25000 6
 
 A variant name is dash-separated parts: ``cropN`` (the central N px, as train.image_crop_px), ``fA_B_C`` (conv
 filters, as train.cnn_filters), ``dbl`` (two convs per block), ``centreN`` (the central NxN pixels also fed
-directly to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout). Each block is Conv2D 3x3
-relu + BatchNorm + MaxPool 2x2, then global average pooling, Dense 64 relu, Dropout 0.2, softmax, as small_cnn.
+directly to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout). Variants without ``dbl`` or
+``centreN`` are models.build_model's small_cnn; the others copy its layout (Conv2D 3x3 relu + BatchNorm +
+MaxPool 2x2 per block, global average pooling, Dense 64 relu, Dropout 0.2, softmax).
 Batches of 128 with random flips and quarter turns; Adam 2e-3, 1e-3 for the last two epochs. Prints validation
 accuracy and per-class F1 after every epoch and a RESULT line per variant; writes
 bench-results/image_variants.json.
@@ -67,6 +69,11 @@ def build(name: str):
             convs = 2
         elif part != "base":
             raise SystemExit(f"unknown variant part {part!r} in {name!r}")
+    if convs == 1 and not centre:  # small_cnn itself, with train.image_crop_px / train.cnn_filters
+        from skyclass.models import build_model
+
+        return build_model("image", n_features=1, image_size_px=64, image_crop_px=crop or None, cnn_filters=filters)
+    # Variants small_cnn has no setting for: two convs per block, or the central pixels fed to the head.
     x = layers.Cropping2D((64 - crop) // 2)(image) if crop else image
     for n_filters in filters:
         for _ in range(convs):
@@ -82,11 +89,10 @@ def build(name: str):
 
 
 def f1_scores(truth, pred):
-    out = []
-    for c in range(3):
-        tp = int(((pred == c) & (truth == c)).sum())
-        out.append(round(2 * tp / max(int((pred == c).sum() + (truth == c).sum()), 1), 4))
-    return out
+    from skyclass.metrics import confusion_matrix, metrics_from_confusion
+
+    per_class = metrics_from_confusion(confusion_matrix(truth, pred, 3))["per_class"]
+    return [round(per_class[name]["f1"], 4) for name in ("GALAXY", "STAR", "QSO")]
 
 
 def main(argv=None) -> int:
