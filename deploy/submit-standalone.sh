@@ -22,7 +22,10 @@ skyclass_parse_job submit-standalone.sh "a Spark standalone cluster (client depl
   DRIVER_HOST          address executors reach the driver at (default 127.0.0.1 for a loopback master)
   TOTAL_CORES          cores of the whole application (default 2)
   DRIVER_LOG_CONF      log4j2 file of the driver JVM (default deploy/log4j2-driver.properties: warnings only;
-                       empty: Spark's default, INFO)" "$@"
+                       empty: Spark's default, INFO)
+  SKYCLASS_DRIVER_TMPDIR  where the driver's scratch folder goes (default \$TMPDIR, else /tmp): Spark unpacks the
+                       environment archive there too (~2 GB); removed when the submit ends, or by the next submit
+                       when the driver was killed" "$@"
 if [[ -z "${SPARK_MASTER_URL:-}" ]]; then
     echo "deploy/submit-standalone.sh: set SPARK_MASTER_URL=spark://<master host>:7077" \
          "(for the local cluster: SPARK_MASTER_URL=\$(cat .cluster/master-url))" >&2
@@ -69,11 +72,14 @@ fi
 # The driver runs here, on the user's terminal: Spark's INFO chatter off (deploy/log4j2-driver.properties keeps
 # warnings and errors); DRIVER_LOG_CONF= (empty) restores Spark's default.
 DRIVER_LOG_CONF="${DRIVER_LOG_CONF-$DEPLOY_DIR/log4j2-driver.properties}"
+skyclass_driver_scratch
+DRIVER_JAVA_OPTIONS="$DRIVER_JAVA_TMPDIR"
 if [[ -n "$DRIVER_LOG_CONF" ]]; then
-    DRIVER_ARGS+=(--driver-java-options "-Dlog4j2.configurationFile=file:$DRIVER_LOG_CONF")
+    DRIVER_JAVA_OPTIONS+=" -Dlog4j2.configurationFile=file:$DRIVER_LOG_CONF"
 fi
+DRIVER_ARGS+=(--driver-java-options "$DRIVER_JAVA_OPTIONS" "${DRIVER_SCRATCH_ARGS[@]}")
 
-skyclass_run "$SPARK_SUBMIT" \
+skyclass_run_then_clean "$SPARK_SUBMIT" \
     --master "$SPARK_MASTER_URL" \
     --deploy-mode client \
     --total-executor-cores "${TOTAL_CORES:-2}" \

@@ -16,6 +16,7 @@ before the cluster starts) for the executors.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,8 @@ def script_env(state_dir: Path | str | None = None, **extra: str) -> dict[str, s
     env["SKYCLASS_VENV"] = sys.prefix  # the venv running the tests: its pyspark runs the daemons
     if state_dir is not None:
         env["SKYCLASS_CLUSTER_DIR"] = str(state_dir)
+        # The drivers' scratch folders (deploy/submit-standalone.sh) stay inside the cluster's state dir.
+        env["SKYCLASS_DRIVER_TMPDIR"] = str(Path(state_dir) / "driver-tmp")
     env.update(extra)
     return env
 
@@ -151,6 +154,11 @@ class StandaloneCluster:
         their stdout/stderr logs stay (``deploy/local-cluster.sh prune``)."""
         run_cluster_script("prune", self.state_dir)
 
+    def driver_scratch_dirs(self) -> list[Path]:
+        """The scratch folders of this cluster's drivers that exist now (deploy/submit-standalone.sh removes each
+        when its submit ends, and those of killed drivers at the next submit)."""
+        return sorted((self.state_dir / "driver-tmp").glob("skyclass-driver-*"))
+
     def executor_pids(self) -> list[int]:
         """Pids of the executor JVMs (CoarseGrainedExecutorBackend) that our workers launched, running now."""
         import psutil
@@ -216,4 +224,5 @@ def standalone_cluster():
     finally:
         cluster.stop()
         cluster.prune_finished_applications()
+        shutil.rmtree(state_dir / "driver-tmp", ignore_errors=True)
         print(f"\nstandalone cluster stopped; its logs are in {state_dir}")

@@ -140,5 +140,9 @@ def test_the_driver_killed_mid_score_then_a_rerun_finishes_the_night(standalone_
     assert process.poll() is None, "scoring ended before the kill"
     kill_driver(process)
     assert not (tmp_path / "predictions" / f"run_date={NIGHT}").exists()  # nothing half-written is visible
+    # The killed driver's scratch (Spark unpacked the environment archive there too) outlives it ...
+    left = standalone_cluster.driver_scratch_dirs()
+    assert len(left) == 1 and list(left[0].glob("spark-*/userFiles-*/environment/bin")), left
     submit(standalone_cluster, tmp_path / "events", "score_catalog", *sets)
     _assert_each_object_scored_once(tmp_path)
+    assert standalone_cluster.driver_scratch_dirs() == []  # ... until the rerun, which removes it and its own

@@ -244,6 +244,56 @@ def test_standalone_submit_ships_the_env_archive_and_the_code_zip(tmp_path):
         "--conf", str(ROOT / "conf" / "cluster.yaml"), "--json"]
 
 
+# A spark-submit stand-in: records its arguments and TMPDIR, writes into the driver's spark.local.dir as Spark's
+# unpacking of the environment archive does, and fails.
+_RECORDING_SPARK_SUBMIT = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$RECORD/argv"
+printf '%s' "$TMPDIR" > "$RECORD/tmpdir"
+for arg in "$@"; do
+    case "$arg" in spark.local.dir=*) mkdir -p "${arg#spark.local.dir=}/userFiles/environment" ;; esac
+done
+exit 3
+"""
+
+
+def test_the_driver_s_scratch_goes_when_its_submit_ends_and_a_killed_driver_s_at_the_next_submit(tmp_path):
+    root, record = tmp_path / "scratch", tmp_path / "record"
+    record.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    # What a wrapper killed together with its driver (kill -9 of the process group) left behind.
+    stale = root / f"skyclass-driver-{gone.pid}.a1b2c3"
+    (stale / "userFiles" / "environment" / "bin").mkdir(parents=True)
+    running = subprocess.Popen(["sleep", "60"])  # stands for the wrapper of a submit still running
+    live = root / f"skyclass-driver-{running.pid}.d4e5f6"
+    live.mkdir()
+    fake = tmp_path / "spark-submit"
+    fake.write_text(_RECORDING_SPARK_SUBMIT)
+    fake.chmod(0o755)
+    archive = tmp_path / "skyclass-env-test.tar.gz"
+    archive.write_bytes(b"stand-in archive")
+    try:
+        done = subprocess.run(
+            ["bash", str(DEPLOY / "submit-standalone.sh"), "check_cluster"], capture_output=True, text=True,
+            timeout=120, env=script_env(None, SPARK_MASTER_URL="spark://127.0.0.1:7077", SPARK_SUBMIT=str(fake),
+                                        SKYCLASS_VENV_ARCHIVE=str(archive), SKYCLASS_ENV_DIR=str(tmp_path),
+                                        SKYCLASS_DRIVER_TMPDIR=str(root), DRIVER_PYTHON=sys.executable,
+                                        RECORD=str(record)))
+    finally:
+        running.kill()
+        running.wait()
+    assert done.returncode == 3, done.stderr  # spark-submit's exit code is the wrapper's
+    argv = (record / "argv").read_text().splitlines()
+    scratch = _confs(argv)["spark.local.dir"]
+    assert Path(scratch).parent == root and Path(scratch).name.startswith("skyclass-driver-")
+    java_options = _option(argv, "--driver-java-options").split()
+    assert f"-Djava.io.tmpdir={scratch}" in java_options
+    assert any(o.startswith("-Dlog4j2.configurationFile=") for o in java_options)
+    assert (record / "tmpdir").read_text() == scratch
+    # The submit's own folder went with it, the dead wrapper's too; the running one's stays.
+    assert sorted(p.name for p in root.iterdir()) == [live.name]
+
+
 def test_standalone_submit_to_a_remote_master_leaves_the_driver_address_alone(tmp_path):
     done = _dry_run("submit-standalone.sh", "score_catalog", SPARK_MASTER_URL="spark://master.example:7077",
                     SKYCLASS_ENV_DIR=str(tmp_path), TOTAL_CORES="16", EXECUTOR_MEMORY="8g")
