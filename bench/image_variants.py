@@ -7,8 +7,9 @@ split (the test split stays for the real runs). One seed, no Horovod: a quick sc
 
 A variant name is dash-separated parts: ``cropN`` (the central N px, as train.image_crop_px), ``fA_B_C`` (conv
 filters, as train.cnn_filters), ``dbl`` (two convs per block), ``centreN`` (the central NxN pixels also fed
-directly to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout). Variants without ``dbl`` or
-``centreN`` are models.build_model's small_cnn; the others copy its layout (Conv2D 3x3 relu + BatchNorm +
+directly to the head), ``logratio`` (log(R/G) and log(G/B) of every pixel as two more input channels),
+``apcolN`` (the log colour ratios and log level of the central NxN pixels' summed channels fed to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout). Variants without ``dbl``,
+``centreN``, ``logratio`` or ``apcolN`` are models.build_model's small_cnn; the others copy its layout (Conv2D 3x3 relu + BatchNorm +
 MaxPool 2x2 per block, global average pooling, Dense 64 relu, Dropout 0.2, softmax).
 Batches of 128 with random flips and quarter turns; Adam 2e-3, 1e-3 for the last two epochs. Prints validation
 accuracy and per-class F1 after every epoch and a RESULT line per variant; writes
@@ -57,10 +58,14 @@ def build(name: str):
 
     layers = tf.keras.layers
     image = tf.keras.Input((64, 64, 3), name="image")
-    filters, crop, convs, centre = (32, 64, 128, 128), 0, 1, 0
+    filters, crop, convs, centre, logratio, aperture = (32, 64, 128, 128), 0, 1, 0, False, 0
     for part in name.split("-"):
         if part.startswith("crop"):
             crop = int(part[4:])
+        elif part == "logratio":
+            logratio = True
+        elif part.startswith("apcol"):
+            aperture = int(part[5:])
         elif part.startswith("centre"):
             centre = int(part[6:])
         elif part.startswith("f"):
@@ -69,12 +74,14 @@ def build(name: str):
             convs = 2
         elif part != "base":
             raise SystemExit(f"unknown variant part {part!r} in {name!r}")
-    if convs == 1 and not centre:  # small_cnn itself, with train.image_crop_px / train.cnn_filters
+    if convs == 1 and not (centre or logratio or aperture):  # small_cnn itself, with train.image_crop_px / train.cnn_filters
         from skyclass.models import build_model
 
         return build_model("image", n_features=1, image_size_px=64, image_crop_px=crop or None, cnn_filters=filters)
     # Variants small_cnn has no setting for: two convs per block, or the central pixels fed to the head.
     x = layers.Cropping2D((64 - crop) // 2)(image) if crop else image
+    if logratio:  # SDSS's gri composites keep each pixel's flux ratios: log(R/G), log(G/B) are its colours
+        x = layers.Concatenate()([x, layers.Lambda(_log_ratios)(x)])
     for n_filters in filters:
         for _ in range(convs):
             x = layers.Conv2D(n_filters, 3, padding="same", activation="relu")(x)
@@ -84,8 +91,29 @@ def build(name: str):
     if centre:
         direct = layers.Dense(64, activation="relu")(layers.Flatten()(layers.Cropping2D((64 - centre) // 2)(image)))
         pooled = layers.Concatenate()([pooled, direct])
+    if aperture:  # the central NxN pixels' summed channels: the source's colour and brightness, as numbers
+        sums = layers.Lambda(lambda t: tf.reduce_sum(t, axis=[1, 2], keepdims=True))(
+            layers.Cropping2D((64 - aperture) // 2)(image))
+        colour = layers.Flatten()(layers.Lambda(_log_ratios_and_level)(sums))
+        pooled = layers.Concatenate()([pooled, layers.BatchNormalization()(colour)])
     head = layers.Dropout(0.2)(layers.Dense(64, activation="relu")(pooled))
     return tf.keras.Model(image, layers.Dense(3, activation="softmax")(head))
+
+
+_EPS = 2.0 / 255.0  # about the JPEG's quantisation: keeps the ratios of dark sky finite
+
+
+def _log_ratios(t):
+    import tensorflow as tf
+
+    r, g, b = t[..., 0:1] + _EPS, t[..., 1:2] + _EPS, t[..., 2:3] + _EPS
+    return tf.concat([tf.math.log(r / g), tf.math.log(g / b)], axis=-1)
+
+
+def _log_ratios_and_level(t):
+    import tensorflow as tf
+
+    return tf.concat([_log_ratios(t), tf.math.log(tf.reduce_sum(t, axis=-1, keepdims=True) + _EPS)], axis=-1)
 
 
 def f1_scores(truth, pred):
