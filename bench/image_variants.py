@@ -136,6 +136,7 @@ def main(argv=None) -> int:
     x_val, y_val, _ = load("validation")
     idx = np.random.default_rng(0).permutation(len(y_train))[:n_train]
     x_train, y_train = x_train[idx], y_train[idx]
+    n_train = len(y_train)  # the whole split when asked for more
 
     def augment(pixels, label):
         img = tf.image.random_flip_left_right(tf.cast(pixels, tf.float32) / 255.0)
