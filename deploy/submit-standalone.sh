@@ -79,6 +79,12 @@ if [[ -n "$DRIVER_LOG_CONF" ]]; then
 fi
 DRIVER_ARGS+=(--driver-java-options "$DRIVER_JAVA_OPTIONS" "${DRIVER_SCRATCH_ARGS[@]}")
 
+# An executor copies the environment archive to java.io.tmpdir before unpacking it into its folder, and only an
+# executor that shuts down cleanly deletes the copy (0.4 GB per killed executor, in the worker's /tmp). Its own
+# folder (the worker's work dir, app-*/N) holds the copy instead: the worker's cleanup, or local-cluster.sh prune,
+# removes it with the application's other files.
+EXECUTOR_JAVA_OPTIONS="-Djava.io.tmpdir=."
+
 skyclass_run_then_clean "$SPARK_SUBMIT" \
     --master "$SPARK_MASTER_URL" \
     --deploy-mode client \
@@ -86,6 +92,7 @@ skyclass_run_then_clean "$SPARK_SUBMIT" \
     --archives "$ENV_ARCHIVE#environment" \
     --py-files "$CODE_ZIP" \
     --conf spark.pyspark.python=./environment/bin/python \
+    --conf "spark.executor.extraJavaOptions=$EXECUTOR_JAVA_OPTIONS" \
     --conf "spark.pyspark.driver.python=$DRIVER_PYTHON" \
     "${DRIVER_ARGS[@]}" \
     "${COMMON_ARGS[@]}" \

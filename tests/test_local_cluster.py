@@ -233,6 +233,7 @@ def test_standalone_submit_ships_the_env_archive_and_the_code_zip(tmp_path):
     assert not list(tmp_path.iterdir())  # a dry run writes neither the archive nor the zip
     confs = _confs(argv)
     assert confs["spark.pyspark.python"] == "./environment/bin/python"
+    assert confs["spark.executor.extraJavaOptions"] == "-Djava.io.tmpdir=."  # in the executor's own folder
     assert confs["spark.pyspark.driver.python"] == sys.executable
     assert confs["spark.driver.host"] == confs["spark.driver.bindAddress"] == "127.0.0.1"
     # What a 1-core, 3g worker accepts.
