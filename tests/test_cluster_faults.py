@@ -52,16 +52,17 @@ def test_an_executor_killed_mid_download_loses_and_duplicates_nothing(standalone
     assert gate.reached.wait(600), (tmp_path / "cutouts.log").read_text()[-3000:]
     executors = standalone_cluster.executor_pids()
     assert len(executors) == 2
-    # The executor's copy of the environment archive is in its own folder, not in the machine's /tmp, where a
-    # killed executor would leave it for good.
     victim_dir = Path(psutil.Process(executors[0]).cwd())
-    assert list(victim_dir.glob("spark-*/skyclass-env-*.tar.gz")), sorted(p.name for p in victim_dir.iterdir())
+    copies, listing = list(victim_dir.glob("spark-*/skyclass-env-*.tar.gz")), sorted(victim_dir.iterdir())
     os.kill(executors[0], signal.SIGKILL)
     gate.release()
     wait_ok(standalone_cluster, process, tmp_path / "cutouts.log")
-    assert not list(victim_dir.glob("spark-*"))  # pruned with what the application unpacked
     _assert_each_cutout_once(tmp_path, labelled)
     assert lost_tasks(events(tmp_path / "events")[-1]) >= 1  # the kill really took a running task with it
+    # The executor's copy of the environment archive was in its own folder, not in the machine's /tmp, where a
+    # killed executor leaves it for good; it went with what the application unpacked.
+    assert copies, listing
+    assert not list(victim_dir.glob("spark-*"))
 
 
 def test_the_driver_killed_mid_download_then_a_rerun_finishes_it(standalone_cluster, standin_factory, tmp_path):
