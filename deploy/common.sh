@@ -129,44 +129,43 @@ skyclass_run() {
         echo
         return 0
     fi
+    skyclass_require_submit "$1"
+    exec "$@"
+}
+
+skyclass_require_submit() {
     if ! command -v "$1" >/dev/null 2>&1; then
         echo "deploy: $1 not found; install Spark 3.5 and put spark-submit on PATH, or set SPARK_SUBMIT" >&2
         exit 127
     fi
-    exec "$@"
 }
 
 # The driver's scratch folder, for client deploy mode. Spark copies every --archives entry to the driver too and
-# unpacks it there (the environment: 0.4 GB packed, 1.6 GB unpacked), under java.io.tmpdir and spark.local.dir,
+# unpacks it there (the environment: 0.4 GB packed, 1.6 GB unpacked), under java.io.tmpdir and its local dir,
 # and only a driver that shuts down cleanly deletes that. So each submit gets a folder of its own,
 # SKYCLASS_DRIVER_TMPDIR (default $TMPDIR, else /tmp)/skyclass-driver-<wrapper pid>.XXXXXX, removed when
 # spark-submit ends however it ends (skyclass_run_then_clean). The folders of wrappers that are gone (killed with
-# their driver by kill -9, a lost host) are removed by the next submit. Sets DRIVER_SCRATCH and DRIVER_SCRATCH_ARGS.
+# their driver by kill -9, a lost host) are removed by the next submit. Sets DRIVER_SCRATCH.
 skyclass_driver_scratch() {
     local root="${SKYCLASS_DRIVER_TMPDIR:-${TMPDIR:-/tmp}}" dir pid
-    DRIVER_SCRATCH_ARGS=()
-    DRIVER_SCRATCH=""
     if [[ "${DRY_RUN:-0}" == "1" ]]; then
         DRIVER_SCRATCH="$root/skyclass-driver-$$.XXXXXX"
-    else
-        if ! mkdir -p "$root" 2>/dev/null || [[ ! -w "$root" ]]; then
-            echo "deploy: cannot write the driver's scratch folder under SKYCLASS_DRIVER_TMPDIR=$root;" \
-                 "set SKYCLASS_DRIVER_TMPDIR to a writable folder with a few GB free" >&2
-            exit 2
-        fi
-        for dir in "$root"/skyclass-driver-*.*; do
-            [[ -d "$dir" ]] || continue
-            pid="${dir##*/skyclass-driver-}"
-            pid="${pid%%.*}"
-            # ps sees other users' processes too: a folder whose wrapper still runs is never touched.
-            if [[ "$pid" =~ ^[0-9]+$ ]] && ! ps -p "$pid" >/dev/null 2>&1; then
-                rm -rf "$dir" 2>/dev/null || true
-            fi
-        done
-        DRIVER_SCRATCH="$(mktemp -d "$root/skyclass-driver-$$.XXXXXX")"
+        return 0
     fi
-    DRIVER_SCRATCH_ARGS=(--conf "spark.local.dir=$DRIVER_SCRATCH")
-    DRIVER_JAVA_TMPDIR="-Djava.io.tmpdir=$DRIVER_SCRATCH"
+    if ! mkdir -p "$root" 2>/dev/null || [[ ! -w "$root" ]]; then
+        echo "deploy: cannot write the driver's scratch folder under SKYCLASS_DRIVER_TMPDIR=$root;" \
+             "set SKYCLASS_DRIVER_TMPDIR to a writable folder with a few GB free" >&2
+        exit 2
+    fi
+    for dir in "$root"/skyclass-driver-*.*; do
+        pid="${dir##*/skyclass-driver-}"
+        pid="${pid%%.*}"
+        # ps sees other users' processes too: a folder whose wrapper still runs is never touched.
+        if [[ -d "$dir" && "$pid" =~ ^[0-9]+$ ]] && ! ps -p "$pid" >/dev/null 2>&1; then
+            rm -rf "$dir" 2>/dev/null || true
+        fi
+    done
+    DRIVER_SCRATCH="$(mktemp -d "$root/skyclass-driver-$$.XXXXXX")"
 }
 
 # Like skyclass_run, but spark-submit runs as a child and DRIVER_SCRATCH is removed when it ends (an interrupt or
@@ -176,19 +175,17 @@ skyclass_run_then_clean() {
         skyclass_run "$@"
         return 0
     fi
-    if ! command -v "$1" >/dev/null 2>&1; then
-        rm -rf "$DRIVER_SCRATCH"
-        echo "deploy: $1 not found; install Spark 3.5 and put spark-submit on PATH, or set SPARK_SUBMIT" >&2
-        exit 127
-    fi
     # shellcheck disable=SC2064  # the folder is fixed now
     trap "rm -rf '$DRIVER_SCRATCH'" EXIT
+    skyclass_require_submit "$1"
     trap 'exit 143' TERM
     trap 'exit 130' INT
     trap 'exit 129' HUP
     local code=0
-    # The Python driver's temporary files (TensorFlow's autograph sources among them) go there too.
-    TMPDIR="$DRIVER_SCRATCH" "$@" || code=$?
+    # Spark's local dir by SPARK_LOCAL_DIRS, which only the driver reads (spark.local.dir would be sent to the
+    # executors too, and Spark warns that their workers override it); the Python driver's temporary files
+    # (TensorFlow's autograph sources among them) by TMPDIR.
+    SPARK_LOCAL_DIRS="$DRIVER_SCRATCH" TMPDIR="$DRIVER_SCRATCH" "$@" || code=$?
     exit "$code"
 }
 

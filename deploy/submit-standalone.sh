@@ -73,17 +73,16 @@ fi
 # warnings and errors); DRIVER_LOG_CONF= (empty) restores Spark's default.
 DRIVER_LOG_CONF="${DRIVER_LOG_CONF-$DEPLOY_DIR/log4j2-driver.properties}"
 skyclass_driver_scratch
-DRIVER_JAVA_OPTIONS="$DRIVER_JAVA_TMPDIR"
+DRIVER_JAVA_OPTIONS="-Djava.io.tmpdir=$DRIVER_SCRATCH"
 if [[ -n "$DRIVER_LOG_CONF" ]]; then
     DRIVER_JAVA_OPTIONS+=" -Dlog4j2.configurationFile=file:$DRIVER_LOG_CONF"
 fi
-DRIVER_ARGS+=(--driver-java-options "$DRIVER_JAVA_OPTIONS" "${DRIVER_SCRATCH_ARGS[@]}")
+DRIVER_ARGS+=(--driver-java-options "$DRIVER_JAVA_OPTIONS")
 
 # An executor copies the environment archive to java.io.tmpdir before unpacking it into its folder, and only an
 # executor that shuts down cleanly deletes the copy (0.4 GB per killed executor, in the worker's /tmp). Its own
-# folder (the worker's work dir, app-*/N) holds the copy instead: the worker's cleanup, or local-cluster.sh prune,
-# removes it with the application's other files.
-EXECUTOR_JAVA_OPTIONS="-Djava.io.tmpdir=."
+# folder (the worker's work dir, app-*/N: java.io.tmpdir=.) holds the copy instead: the worker's cleanup, or
+# local-cluster.sh prune, removes it with the application's other files.
 
 skyclass_run_then_clean "$SPARK_SUBMIT" \
     --master "$SPARK_MASTER_URL" \
@@ -92,7 +91,7 @@ skyclass_run_then_clean "$SPARK_SUBMIT" \
     --archives "$ENV_ARCHIVE#environment" \
     --py-files "$CODE_ZIP" \
     --conf spark.pyspark.python=./environment/bin/python \
-    --conf "spark.executor.extraJavaOptions=$EXECUTOR_JAVA_OPTIONS" \
+    --conf spark.executor.extraJavaOptions=-Djava.io.tmpdir=. \
     --conf "spark.pyspark.driver.python=$DRIVER_PYTHON" \
     "${DRIVER_ARGS[@]}" \
     "${COMMON_ARGS[@]}" \

@@ -245,14 +245,13 @@ def test_standalone_submit_ships_the_env_archive_and_the_code_zip(tmp_path):
         "--conf", str(ROOT / "conf" / "cluster.yaml"), "--json"]
 
 
-# A spark-submit stand-in: records its arguments and TMPDIR, writes into the driver's spark.local.dir as Spark's
+# A spark-submit stand-in: records its arguments, TMPDIR and SPARK_LOCAL_DIRS, writes into the latter as Spark's
 # unpacking of the environment archive does, and fails.
 _RECORDING_SPARK_SUBMIT = """#!/usr/bin/env bash
 printf '%s\\n' "$@" > "$RECORD/argv"
 printf '%s' "$TMPDIR" > "$RECORD/tmpdir"
-for arg in "$@"; do
-    case "$arg" in spark.local.dir=*) mkdir -p "${arg#spark.local.dir=}/userFiles/environment" ;; esac
-done
+printf '%s' "$SPARK_LOCAL_DIRS" > "$RECORD/local_dirs"
+mkdir -p "$SPARK_LOCAL_DIRS/userFiles/environment"
 exit 3
 """
 
@@ -285,7 +284,8 @@ def test_the_driver_s_scratch_goes_when_its_submit_ends_and_a_killed_driver_s_at
         running.wait()
     assert done.returncode == 3, done.stderr  # spark-submit's exit code is the wrapper's
     argv = (record / "argv").read_text().splitlines()
-    scratch = _confs(argv)["spark.local.dir"]
+    scratch = (record / "local_dirs").read_text()
+    assert "spark.local.dir" not in _confs(argv)  # the executors' workers set their own
     assert Path(scratch).parent == root and Path(scratch).name.startswith("skyclass-driver-")
     java_options = _option(argv, "--driver-java-options").split()
     assert f"-Djava.io.tmpdir={scratch}" in java_options
