@@ -10,7 +10,9 @@ from skyclass.config import SparkConfig
 # Spark warnings that are not problems, held at ERROR on the driver unless SKYCLASS_VERBOSE=1 (--verbose):
 # DAGScheduler's "Broadcasting large task binary with size ..." comes once per stage of an MLlib tree model
 # (hundreds of lines in an evaluation with baselines); it is a size note, nothing a user can or need change.
-QUIET_SPARK_LOGGERS = ("org.apache.spark.scheduler.DAGScheduler",)
+# netlib's "Failed to load implementation from:dev.ludovic.netlib.blas.JNIBLAS" (and VectorBLAS) comes at the first
+# MLlib fit: no native BLAS here, so MLlib uses its Java one, which gives the same results.
+QUIET_SPARK_LOGGERS = ("org.apache.spark.scheduler.DAGScheduler", "dev.ludovic.netlib")
 
 
 def build_spark(conf: SparkConfig):
