@@ -162,3 +162,22 @@ def test_decode_jpegs_scales_resizes_and_masks_broken():
     assert not images[1].any() and not images[2].any()
     with pytest.raises(features.CutoutDecodeError):
         features.decode_jpeg(b"\xff\xd8garbage", 64)
+
+
+def test_a_labels_only_training_split_says_once_that_it_has_no_photometry(spark, caplog):
+    """feature_stats warns in one line when no feature has values (a labels-only image table), and names the empty
+    features when only some are empty; the empty ones get mean 0, std 1."""
+    import logging
+
+    from skyclass.training_table import feature_stats
+
+    df = spark.createDataFrame([(1.0, None, None), (2.0, None, None)], "a double, b double, c double")
+    with caplog.at_level(logging.WARNING, logger="skyclass.training_table"):
+        assert feature_stats(df, ["b", "c"]) == {"b": {"mean": 0.0, "std": 1.0}, "c": {"mean": 0.0, "std": 1.0}}
+    assert [r.getMessage() for r in caplog.records] == [
+        "no feature has finite values (2: no photometry) in the training split; storing mean 0, std 1"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skyclass.training_table"):
+        assert feature_stats(df, ["a", "b", "c"])["a"] == {"mean": 1.5, "std": 0.5}
+    assert [r.getMessage() for r in caplog.records] == [
+        "features b, c have no finite values in the training split; storing mean 0, std 1"]

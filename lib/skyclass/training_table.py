@@ -203,13 +203,18 @@ def feature_stats(train, names: Sequence[str] = TABLE_FEATURES) -> dict:
     for name in names:
         aggregates += [F.avg(name).alias(f"{name}__mean"), F.stddev_pop(name).alias(f"{name}__std")]
     row = train.agg(*aggregates).collect()[0]
-    stats = {}
+    stats, empty = {}, []
     for name in names:
         mean, std = row[f"{name}__mean"], row[f"{name}__std"]
         if mean is None or std is None or not math.isfinite(mean) or not math.isfinite(std):
-            log.warning("feature %s has no finite values in the training split; storing mean 0, std 1", name)
+            empty.append(name)
             mean, std = 0.0, 1.0
         stats[name] = {"mean": float(mean), "std": float(std)}
+    if empty:  # one line: a labels-only table (no photometry) has every feature empty
+        log.warning("%s in the training split; storing mean 0, std 1",
+                    f"no feature has finite values ({len(empty)}: no photometry)" if len(empty) == len(names)
+                    else f"feature{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+                         f"ha{'ve' if len(empty) > 1 else 's'} no finite values")
     return stats
 
 
