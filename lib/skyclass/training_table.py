@@ -210,11 +210,15 @@ def feature_stats(train, names: Sequence[str] = TABLE_FEATURES) -> dict:
             empty.append(name)
             mean, std = 0.0, 1.0
         stats[name] = {"mean": float(mean), "std": float(std)}
-    if empty:  # one line: a labels-only table (no photometry) has every feature empty
-        log.warning("%s in the training split; storing mean 0, std 1",
-                    f"no feature has finite values ({len(empty)}: no photometry)" if len(empty) == len(names)
-                    else f"feature{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
-                         f"ha{'ve' if len(empty) > 1 else 's'} no finite values")
+    # One line, not one per feature: a labels-only table (no photometry) has every feature empty.
+    if empty and len(empty) == len(names):
+        log.warning("no feature has finite values (%d: no photometry) in the training split; storing mean 0, std 1",
+                    len(empty))
+    elif len(empty) == 1:
+        log.warning("feature %s has no finite values in the training split; storing mean 0, std 1", empty[0])
+    elif empty:
+        log.warning("features %s have no finite values in the training split; storing mean 0, std 1",
+                    ", ".join(empty))
     return stats
 
 
