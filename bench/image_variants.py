@@ -12,8 +12,9 @@ directly to the head), ``logratio`` (log(R/G) and log(G/B) of every pixel as two
 ``centreN``, ``logratio`` or ``apcolN`` are models.build_model's small_cnn; the others copy its layout (Conv2D 3x3 relu + BatchNorm +
 MaxPool 2x2 per block, global average pooling, Dense 64 relu, Dropout 0.2, softmax).
 Batches of 128 with random flips and quarter turns; Adam 2e-3, 1e-3 for the last two epochs. Prints validation
-accuracy and per-class F1 after every epoch and a RESULT line per variant; writes
-bench-results/image_variants.json.
+accuracy and per-class F1 after every epoch and a RESULT line per variant (with the accuracy of the softmax averaged
+over the eight orientations of each image); writes bench-results/image_variants-s<seed>.json and each model's
+validation probabilities under bench-results/images/variant-probs/, which ``--ensemble FILE...`` averages.
 """
 from __future__ import annotations
 
@@ -123,17 +124,59 @@ def f1_scores(truth, pred):
     return [round(per_class[name]["f1"], 4) for name in ("GALAXY", "STAR", "QSO")]
 
 
+def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the eight orientations of a batch of NHWC images: k % 4 quarter turns, mirrored when k >= 4."""
+    out = np.rot90(x, k % 4, axes=(1, 2))
+    return out[:, :, ::-1] if k >= 4 else out
+
+
+def predict_orientations(model, x: np.ndarray, n: int) -> np.ndarray:
+    """Softmax averaged over the first n of the eight orientations (n=1: the image as it is)."""
+    total = None
+    for k in range(n):
+        proba = model.predict(dihedral(x, k), batch_size=512, verbose=0)
+        total = proba if total is None else total + proba
+    return total / n
+
+
+def ensemble(files) -> int:
+    """Accuracy and F1 of the mean of saved validation probabilities (one file per trained model)."""
+    probs = [np.load(f) for f in files]
+    truth = probs[0]["y"]
+    for key in ("p1", "p8"):
+        members = [p[key] for p in probs]
+        for p, f in zip(members, files):
+            pred = p.argmax(axis=1)
+            print(f"{key} {os.path.basename(f)}: accuracy {float((pred == truth).mean()):.4f}, F1 GALAXY/STAR/QSO "
+                  f"{f1_scores(truth, pred)}")
+        pred = np.mean(members, axis=0).argmax(axis=1)
+        print(f"RESULT ensemble of {len(files)}, {'8 orientations' if key == 'p8' else 'as they are'}: "
+              f"validation accuracy {float((pred == truth).mean()):.4f}, F1 GALAXY/STAR/QSO {f1_scores(truth, pred)}",
+              flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    names = argv[0].split(",") if argv else ["base", "crop32"]
-    n_train = int(argv[1]) if len(argv) > 1 else 25000
-    epochs = int(argv[2]) if len(argv) > 2 else 6
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="?", default="base,crop32")
+    parser.add_argument("n_train", nargs="?", type=int, default=25000)
+    parser.add_argument("epochs", nargs="?", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=7, help="weights and batch order (the subsample stays)")
+    parser.add_argument("--low-lr-epochs", type=int, default=2, help="last epochs at half the learning rate")
+    parser.add_argument("--ensemble", nargs="+", metavar="NPZ",
+                        help="only average saved validation probabilities of earlier runs and score them")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.ensemble:
+        return ensemble(args.ensemble)
+    names, n_train, epochs = args.names.split(","), args.n_train, args.epochs
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(2)
-    tf.keras.utils.set_random_seed(7)
+    tf.keras.utils.set_random_seed(args.seed)
     x_train, y_train, _ = load("train")
-    x_val, y_val, _ = load("validation")
+    x_val, y_val, val_ids = load("validation")
     idx = np.random.default_rng(0).permutation(len(y_train))[:n_train]
     x_train, y_train = x_train[idx], y_train[idx]
     n_train = len(y_train)  # the whole split when asked for more
@@ -142,7 +185,7 @@ def main(argv=None) -> int:
         img = tf.image.random_flip_left_right(tf.cast(pixels, tf.float32) / 255.0)
         return tf.image.rot90(img, k=tf.random.uniform([], 0, 4, dtype=tf.int32)), label
 
-    data = (tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(20000, seed=1)
+    data = (tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(20000, seed=args.seed)
             .map(augment, num_parallel_calls=2).batch(128).prefetch(2))
     x_val_f = x_val.astype(np.float32) / 255.0
     results = []
@@ -151,7 +194,7 @@ def main(argv=None) -> int:
         model.compile(tf.keras.optimizers.legacy.Adam(0.002), "sparse_categorical_crossentropy", ["accuracy"])
         started, rows = time.perf_counter(), []
         for epoch in range(epochs):
-            if epoch == epochs - 2:
+            if epoch == epochs - args.low_lr_epochs:
                 model.optimizer.learning_rate.assign(0.001)
             model.fit(data, epochs=1, verbose=0)
             pred = model.predict(x_val_f, batch_size=512, verbose=0).argmax(axis=1)
@@ -159,14 +202,25 @@ def main(argv=None) -> int:
                          "f1": f1_scores(y_val, pred)})
             print(f"{name} epoch {epoch + 1}: validation accuracy {rows[-1]['accuracy']}, F1 GALAXY/STAR/QSO "
                   f"{rows[-1]['f1']} ({time.perf_counter() - started:.0f} s)", flush=True)
-        result = {"name": name, "params": int(model.count_params()), "validation_objects": int(len(y_val)),
-                  "train_images": int(n_train), "epochs": epochs, "accuracy": rows[-1]["accuracy"],
-                  "f1": rows[-1]["f1"], "best_accuracy": max(r["accuracy"] for r in rows),
-                  "img_per_s": round(n_train * epochs / (time.perf_counter() - started)), "curve": rows}
+        seconds = time.perf_counter() - started
+        p1 = model.predict(x_val_f, batch_size=512, verbose=0)
+        p8 = predict_orientations(model, x_val_f, 8)
+        tta = p8.argmax(axis=1)
+        result = {"name": name, "seed": args.seed, "params": int(model.count_params()),
+                  "validation_objects": int(len(y_val)), "train_images": int(n_train), "epochs": epochs,
+                  "accuracy": rows[-1]["accuracy"], "f1": rows[-1]["f1"],
+                  "best_accuracy": max(r["accuracy"] for r in rows),
+                  "accuracy_8_orientations": round(float((tta == y_val).mean()), 4),
+                  "f1_8_orientations": f1_scores(y_val, tta),
+                  "img_per_s": round(n_train * epochs / seconds), "curve": rows}
         print("RESULT", json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
         results.append(result)
+        saved = os.path.join(RESULTS, "images", "variant-probs", f"{name}-n{n_train}-e{epochs}-s{args.seed}.npz")
+        os.makedirs(os.path.dirname(saved), exist_ok=True)
+        np.savez(saved, p1=p1, p8=p8, y=y_val, objid=val_ids)
+        print(f"validation probabilities: {os.path.relpath(saved, REPO)}", flush=True)
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "image_variants.json"), "w") as fh:
+    with open(os.path.join(RESULTS, f"image_variants-s{args.seed}.json"), "w") as fh:
         json.dump(results, fh, indent=2)
     return 0
 
