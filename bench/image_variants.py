@@ -130,13 +130,16 @@ def dihedral(x: np.ndarray, k: int) -> np.ndarray:
     return out[:, :, ::-1] if k >= 4 else out
 
 
-def predict_orientations(model, x: np.ndarray, n: int) -> np.ndarray:
-    """Softmax averaged over the first n of the eight orientations (n=1: the image as it is)."""
-    total = None
-    for k in range(n):
-        proba = model.predict(dihedral(x, k), batch_size=512, verbose=0)
-        total = proba if total is None else total + proba
-    return total / n
+def predict_orientations(model, x: np.ndarray, as_is: np.ndarray) -> np.ndarray:
+    """Softmax averaged over the eight orientations, given the model's softmax on the images as they are."""
+    total = as_is.copy()
+    for k in range(1, 8):
+        total += model.predict(dihedral(x, k), batch_size=512, verbose=0)
+    return total / 8
+
+
+def _scored(truth, pred) -> str:
+    return f"validation accuracy {float((pred == truth).mean()):.4f}, F1 GALAXY/STAR/QSO {f1_scores(truth, pred)}"
 
 
 def ensemble(files) -> int:
@@ -146,13 +149,9 @@ def ensemble(files) -> int:
     for key in ("p1", "p8"):
         members = [p[key] for p in probs]
         for p, f in zip(members, files):
-            pred = p.argmax(axis=1)
-            print(f"{key} {os.path.basename(f)}: accuracy {float((pred == truth).mean()):.4f}, F1 GALAXY/STAR/QSO "
-                  f"{f1_scores(truth, pred)}")
-        pred = np.mean(members, axis=0).argmax(axis=1)
+            print(f"{key} {os.path.basename(f)}: {_scored(truth, p.argmax(axis=1))}")
         print(f"RESULT ensemble of {len(files)}, {'8 orientations' if key == 'p8' else 'as they are'}: "
-              f"validation accuracy {float((pred == truth).mean()):.4f}, F1 GALAXY/STAR/QSO {f1_scores(truth, pred)}",
-              flush=True)
+              f"{_scored(truth, np.mean(members, axis=0).argmax(axis=1))}", flush=True)
     return 0
 
 
@@ -197,14 +196,14 @@ def main(argv=None) -> int:
             if epoch == epochs - args.low_lr_epochs:
                 model.optimizer.learning_rate.assign(0.001)
             model.fit(data, epochs=1, verbose=0)
-            pred = model.predict(x_val_f, batch_size=512, verbose=0).argmax(axis=1)
+            p1 = model.predict(x_val_f, batch_size=512, verbose=0)
+            pred = p1.argmax(axis=1)
             rows.append({"epoch": epoch + 1, "accuracy": round(float((pred == y_val).mean()), 4),
                          "f1": f1_scores(y_val, pred)})
             print(f"{name} epoch {epoch + 1}: validation accuracy {rows[-1]['accuracy']}, F1 GALAXY/STAR/QSO "
                   f"{rows[-1]['f1']} ({time.perf_counter() - started:.0f} s)", flush=True)
         seconds = time.perf_counter() - started
-        p1 = model.predict(x_val_f, batch_size=512, verbose=0)
-        p8 = predict_orientations(model, x_val_f, 8)
+        p8 = predict_orientations(model, x_val_f, p1)  # p1: the last epoch's softmax
         tta = p8.argmax(axis=1)
         result = {"name": name, "seed": args.seed, "params": int(model.count_params()),
                   "validation_objects": int(len(y_val)), "train_images": int(n_train), "epochs": epochs,
