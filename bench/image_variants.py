@@ -11,7 +11,8 @@ directly to the head), ``logratio`` (log(R/G) and log(G/B) of every pixel as two
 ``apcolN`` (the log colour ratios and log level of the central NxN pixels' summed channels fed to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout). Variants without ``dbl``,
 ``centreN``, ``logratio`` or ``apcolN`` are models.build_model's small_cnn; the others copy its layout (Conv2D 3x3 relu + BatchNorm +
 MaxPool 2x2 per block, global average pooling, Dense 64 relu, Dropout 0.2, softmax).
-Batches of 128 with random flips and quarter turns; Adam 2e-3, 1e-3 for the last two epochs. Prints validation
+Batches of 128 with random flips and quarter turns; Adam 2e-3, 1e-3 for the last two epochs (``--schedule cosine``:
+2e-3 decayed to 0 along a cosine over the run's steps). Prints validation
 accuracy and per-class F1 after every epoch and a RESULT line per variant (with the accuracy of the softmax averaged
 over the eight orientations of each image); writes bench-results/image_variants-s<seed>.json and each model's
 validation probabilities under bench-results/images/variant-probs/, which ``--ensemble FILE...`` averages.
@@ -164,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("epochs", nargs="?", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7, help="weights and batch order (the subsample stays)")
     parser.add_argument("--low-lr-epochs", type=int, default=2, help="last epochs at half the learning rate")
+    parser.add_argument("--schedule", choices=("step", "cosine"), default="step",
+                        help="step: 2e-3, then half for --low-lr-epochs; cosine: 2e-3 decayed to 0 over the run")
     parser.add_argument("--ensemble", nargs="+", metavar="NPZ",
                         help="only average saved validation probabilities of earlier runs and score them")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -190,10 +193,13 @@ def main(argv=None) -> int:
     results = []
     for name in names:
         model = build(name)
-        model.compile(tf.keras.optimizers.legacy.Adam(0.002), "sparse_categorical_crossentropy", ["accuracy"])
+        rate = 0.002
+        if args.schedule == "cosine":
+            rate = tf.keras.optimizers.schedules.CosineDecay(0.002, decay_steps=epochs * -(-n_train // 128))
+        model.compile(tf.keras.optimizers.legacy.Adam(rate), "sparse_categorical_crossentropy", ["accuracy"])
         started, rows = time.perf_counter(), []
         for epoch in range(epochs):
-            if epoch == epochs - args.low_lr_epochs:
+            if args.schedule == "step" and epoch == epochs - args.low_lr_epochs:
                 model.optimizer.learning_rate.assign(0.001)
             model.fit(data, epochs=1, verbose=0)
             p1 = model.predict(x_val_f, batch_size=512, verbose=0)
@@ -205,7 +211,7 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - started
         p8 = predict_orientations(model, x_val_f, p1)  # p1: the last epoch's softmax
         tta = p8.argmax(axis=1)
-        result = {"name": name, "seed": args.seed, "params": int(model.count_params()),
+        result = {"name": name, "seed": args.seed, "schedule": args.schedule, "params": int(model.count_params()),
                   "validation_objects": int(len(y_val)), "train_images": int(n_train), "epochs": epochs,
                   "accuracy": rows[-1]["accuracy"], "f1": rows[-1]["f1"],
                   "best_accuracy": max(r["accuracy"] for r in rows),
@@ -214,7 +220,7 @@ def main(argv=None) -> int:
                   "img_per_s": round(n_train * epochs / seconds), "curve": rows}
         print("RESULT", json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
         results.append(result)
-        saved = os.path.join(RESULTS, "images", "variant-probs", f"{name}-n{n_train}-e{epochs}-s{args.seed}.npz")
+        saved = os.path.join(RESULTS, "images", "variant-probs", f"{name}-n{n_train}-e{epochs}-s{args.seed}-{args.schedule}.npz")
         os.makedirs(os.path.dirname(saved), exist_ok=True)
         np.savez(saved, p1=p1, p8=p8, y=y_val, objid=val_ids)
         print(f"validation probabilities: {os.path.relpath(saved, REPO)}", flush=True)

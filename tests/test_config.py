@@ -157,6 +157,9 @@ def test_relative_paths_resolve_against_the_checkout_not_the_code_zip_spark_subm
     (["train.reduce_lr_patience=6", "train.early_stopping_patience=6"],
      ["train.reduce_lr_patience (6) must be < train.early_stopping_patience (6)"]),
     (["train.steps_per_epoch=0"], ["train.steps_per_epoch must be > 0"]),
+    (["train.lr_schedule=onecycle"], ["train.lr_schedule", "'onecycle'", "cosine"]),
+    (["train.lr_schedule=cosine", "train.reduce_lr_patience=2"],
+     ["train.lr_schedule 'cosine'", "train.reduce_lr_patience (2) would be undone", "null"]),
     (["train.trainable_layers=-1"], ["train.trainable_layers must be >= 0"]),
     (["train.tabular_units=[64, 0]"], ["train.tabular_units[1] must be > 0"]),
     (["train.backbone=xception", "train.image_size_px=64"], ["train.image_size_px (64)", "'xception'", "71 px"]),
@@ -185,6 +188,7 @@ def test_choices_and_rules_between_keys_are_checked_at_load(overrides, words):
     ["train.mode=tabular", "train.image_size_px=128", "cutouts.size_px=64"],  # a tabular model reads no image
     ["train.reduce_lr_patience=2", "train.early_stopping_patience=0"],  # no early stopping: any patience is fine
     ["train.warmup_epochs=2", "train.epochs=2"],
+    ["train.lr_schedule=cosine", "train.reduce_lr_patience=null"],
     ["extract.page_rows=500000"],
     ["evaluate.baselines=[mlp, gbt]", "score.run_date=2026-01-02", "spark.driver_memory=512m"],
 ])

@@ -365,6 +365,49 @@ def test_plan_gives_every_process_the_same_steps(conf_for, tmp_path):
     assert plan.class_weight[2] == pytest.approx(sum(counts.values()) / (3 * counts["QSO"]))
 
 
+def test_cosine_schedule_sets_every_step_rate_from_warmup_to_zero_and_resumes_on_the_same_curve(conf_for,
+                                                                                                  tmp_path):
+    """train.lr_schedule=cosine reaches the plan, and its callback sets the rate before every step: untouched in
+    warm-up, then base * (1 + cos(pi * t)) / 2 with t the fraction of the post-warm-up steps done; a fit resumed
+    at epoch 2 (as from a checkpoint) continues the same curve."""
+    import doctest
+
+    import tensorflow as tf
+
+    conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", version="v1", lr_schedule="cosine",
+                         reduce_lr_patience=None)
+    stats = input_pipeline.load_training_stats(lake.training_stats_path(conf.lake.path("root")))
+    assert train_module.build_plan(conf, stats, "v1").lr_schedule == "cosine"
+    finder = doctest.DocTestFinder().find(train_module.cosine_learning_rate)
+    assert sum(doctest.DocTestRunner().run(t).failed for t in finder) == 0 and finder[0].examples
+
+    base, warmup, epochs, steps = 0.01, 1, 4, 4
+    seen = []
+
+    class Record(tf.keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(float(tf.keras.backend.get_value(self.model.optimizer.lr)))
+
+    def fit(initial_epoch):
+        tf.keras.utils.set_random_seed(0)
+        model = tf.keras.Sequential([tf.keras.Input((2,)), tf.keras.layers.Dense(3, activation="softmax")])
+        model.compile(tf.keras.optimizers.legacy.Adam(base), "sparse_categorical_crossentropy")
+        x, y = np.zeros((steps * 8, 2), np.float32), np.zeros(steps * 8, np.int64)
+        history = model.fit(x, y, batch_size=8, epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False,
+                            callbacks=[train_module.cosine_decay_callback(base, warmup_epochs=warmup, epochs=epochs,
+                                                                          steps_per_epoch=steps), Record()])
+        return history.history["lr"]
+
+    # Expected rates written out: 3 post-warm-up epochs of 4 steps, so step k of them is at t = k / 12.
+    after_warmup = [base * (1 + np.cos(np.pi * k / 12)) / 2 for k in range(12)]
+    last_of_epoch = [base, *after_warmup[3::4]]
+    assert fit(0) == pytest.approx(last_of_epoch)
+    assert seen == pytest.approx([base] * steps + after_warmup)
+    seen.clear()
+    assert fit(2) == pytest.approx(last_of_epoch[2:])
+    assert seen == pytest.approx(after_warmup[4:])
+
+
 def test_a_batch_larger_than_a_shard_is_refused(conf_for, tmp_path):
     conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", batch_size=200)
     with pytest.raises(TrainingError, match="train.batch_size=200"):

@@ -220,6 +220,9 @@ class SplitConfig:
 
 FEATURE_SETS = ("photometric", "paper")
 MODES = ("tabular", "image", "multimodal")
+# constant: the (warmed-up) rate, halved on plateaus when reduce_lr_patience is set; cosine: decayed to 0 along a
+# half cosine from the end of warm-up to the last step of train.epochs.
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,7 @@ class TrainConfig:
     warmup_epochs: int = 1
     early_stopping_patience: int = 3
     reduce_lr_patience: Optional[int] = None  # epochs without val_loss progress before halving the rate; None = off
+    lr_schedule: str = "constant"  # or "cosine" (LR_SCHEDULES)
     num_proc: int = 2  # Horovod processes: 2 here, one per GPU on a cluster
     steps_per_epoch: Optional[int] = None  # None = one pass over the shard
     version: Optional[str] = None  # model package name; None = a UTC timestamp
@@ -268,6 +272,11 @@ class TrainConfig:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
         _choice(self.backbone, BACKBONES, f"{where}.backbone")
+        _choice(self.lr_schedule, LR_SCHEDULES, f"{where}.lr_schedule")
+        if self.lr_schedule != "constant" and self.reduce_lr_patience is not None:
+            raise ConfigError(f"{where}.lr_schedule {self.lr_schedule!r} sets the rate at every step, so "
+                              f"{where}.reduce_lr_patience ({self.reduce_lr_patience}) would be undone: set "
+                              f"{where}.reduce_lr_patience to null, or {where}.lr_schedule to 'constant'")
         if not self.cnn_filters:
             raise ConfigError(f"{where}.cnn_filters must list at least one conv block's filters, "
                               "e.g. [32, 64, 128, 128]")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import statistics
 import time
@@ -82,6 +83,7 @@ class TrainPlan:
     seed: int = SEED
     reduce_lr_patience: Optional[int] = None
     augment: bool = False
+    lr_schedule: str = "constant"
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,8 @@ def build_plan(conf: Config, stats: input_pipeline.TrainingStats, version: str) 
         checkpoint_dir=os.path.join(checkpoint_dir, "") if "://" not in checkpoint_dir else checkpoint_dir,
         phases=tuple(phases), model_kwargs=model_kwargs, epochs=tc.epochs, batch_size=tc.batch_size,
         learning_rate=tc.learning_rate, warmup_epochs=tc.warmup_epochs, patience=tc.early_stopping_patience,
-        class_weight=weights, num_proc=tc.num_proc, reduce_lr_patience=tc.reduce_lr_patience, augment=tc.augment)
+        class_weight=weights, num_proc=tc.num_proc, reduce_lr_patience=tc.reduce_lr_patience, augment=tc.augment,
+        lr_schedule=tc.lr_schedule)
 
 
 def _rows_per_shard(groups, num_proc: int, *, with_image: bool, with_features: bool) -> int:
@@ -668,6 +671,9 @@ def _fit(plan: TrainPlan, phase: PhasePlan, model, records: list, initial_epoch:
     if plan.warmup_epochs > 0:
         callbacks.append(hvd.callbacks.LearningRateWarmupCallback(
             initial_lr=scaled_lr, warmup_epochs=plan.warmup_epochs, steps_per_epoch=phase.steps_per_epoch))
+    if plan.lr_schedule == "cosine":
+        callbacks.append(cosine_decay_callback(scaled_lr, warmup_epochs=plan.warmup_epochs, epochs=plan.epochs,
+                                               steps_per_epoch=phase.steps_per_epoch))
     callbacks.append(_epoch_end_callback(phase, records, checkpoint if rank == 0 else None, plan.epochs))
     callbacks.append(early_stopping)
     if plan.reduce_lr_patience:
@@ -742,6 +748,75 @@ def _combine_validation(parts: list[dict]) -> dict:
     picked = np.clip(proba[np.arange(objects), y], 1e-7, 1 - 1e-7)
     return {"loss": float(-np.log(picked).sum()) / objects, "accuracy": float((proba.argmax(axis=1) == y).mean()),
             "objects": objects, **arrays}
+
+
+def cosine_learning_rate(base_lr: float, progress_epochs: float, *, warmup_epochs: int, epochs: int) -> float:
+    """The learning rate of ``train.lr_schedule: cosine`` after ``progress_epochs`` (fractional) epochs.
+
+    From the end of warm-up to the end of the last epoch the rate falls from ``base_lr`` to 0 along a half cosine
+    (Loshchilov & Hutter 2017, without restarts): large steps while the loss is far from a minimum, small ones at
+    the end, where a constant rate keeps hopping across the boundary between close classes (on real cutouts,
+    STAR/QSO) from epoch to epoch.
+
+    Parameters
+    ----------
+    base_lr : float
+        The rate reached at the end of warm-up (already scaled by the number of processes).
+    progress_epochs : float
+        Epochs done so far, counting the steps of the current one (epoch + step / steps_per_epoch).
+    warmup_epochs, epochs : int
+        As train.warmup_epochs and train.epochs.
+
+    Returns
+    -------
+    float
+        ``base_lr`` during warm-up (the warm-up callback owns those steps), then the decayed rate.
+
+    Examples
+    --------
+    >>> round(cosine_learning_rate(0.002, 6.0, warmup_epochs=1, epochs=11), 9)  # halfway
+    0.001
+    >>> round(cosine_learning_rate(0.002, 11.0, warmup_epochs=1, epochs=11), 9)  # the end of the last epoch
+    0.0
+    """
+    span = epochs - warmup_epochs
+    if progress_epochs <= warmup_epochs or span <= 0:
+        return base_lr
+    done = min(1.0, (progress_epochs - warmup_epochs) / span)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def cosine_decay_callback(base_lr: float, *, warmup_epochs: int, epochs: int, steps_per_epoch: int):
+    """Keras callback that sets the optimizer's rate before every training step to :func:`cosine_learning_rate`
+    (the epoch Keras passes counts resumed epochs, so a run resumed from its checkpoint continues the same curve).
+    Defined in a function because TensorFlow is imported only inside the Horovod process.
+
+    Parameters
+    ----------
+    base_lr : float
+    warmup_epochs, epochs, steps_per_epoch : int
+
+    Returns
+    -------
+    tf.keras.callbacks.Callback
+    """
+    import tensorflow as tf
+
+    class CosineDecay(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            progress = self.epoch + batch / steps_per_epoch
+            if progress >= warmup_epochs:
+                tf.keras.backend.set_value(self.model.optimizer.lr, cosine_learning_rate(
+                    base_lr, progress, warmup_epochs=warmup_epochs, epochs=epochs))
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:  # the rate of the epoch's last step, in the history and checkpoint records
+                logs["lr"] = float(tf.keras.backend.get_value(self.model.optimizer.lr))
+
+    return CosineDecay()
 
 
 def _epoch_end_callback(phase: PhasePlan, records: list, checkpoint: Optional["_Checkpoint"], epochs: int):
