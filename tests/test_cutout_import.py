@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from skyclass import cutout_import, lake, objid
 from skyclass.cutout_import import CutoutImportError, import_cutouts
@@ -130,6 +130,36 @@ def test_crop_keeps_native_scale_and_the_central_pixels(spark, conf_for, tmp_pat
     got = np.asarray(Image.open(io.BytesIO(row["jpeg"])), dtype=float)
     expected = np.asarray(_image(7), dtype=float)[32:96, 32:96]
     assert np.abs(got - expected).mean() < 4
+
+
+def _getjpeg_like(seed: int, size: int = 128) -> bytes:
+    """A colourful field saved as SkyServer's getjpeg does: quality 75, chroma subsampled 4:2:0."""
+    rng = np.random.default_rng(seed)
+    pixels = np.asarray(_image(seed, size), dtype=float) * rng.uniform(0.6, 1.0, 3) + rng.normal(0, 12, (size, size, 3))
+    out = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, format="JPEG", quality=75, subsampling=2)
+    return out.getvalue()
+
+
+def _decoded(body: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"), dtype=float)
+
+
+def test_a_crop_on_the_block_grid_keeps_the_source_pixels_and_an_off_grid_crop_stays_close():
+    """128 -> 64 px crops at offset 32, on the 16 px grid of a 4:2:0 JPEG: stored with the source's own tables,
+    the crop decodes to the source's central pixels to within rounding (a quality-90 re-encode is off by ~1 level
+    on such a field). A 120 px source (offset 28, off the grid) is re-encoded, and still close."""
+    for seed in range(3):
+        body = _getjpeg_like(seed)
+        stored, width = cutout_import.fit_cutout(body, 64, "crop")
+        assert width == 128
+        error = np.abs(_decoded(stored) - _decoded(body)[32:96, 32:96]).mean()
+        assert error < 0.25
+        with Image.open(io.BytesIO(stored)) as image:
+            assert image.size == (64, 64) and JpegImagePlugin.get_sampling(image) == 2
+    off_grid = _getjpeg_like(5, size=120)
+    stored, _ = cutout_import.fit_cutout(off_grid, 64, "crop")
+    assert np.abs(_decoded(stored) - _decoded(off_grid)[28:92, 28:92]).mean() < 3
 
 
 def test_bad_inputs_are_clear_errors(spark, conf_for, tmp_path):
