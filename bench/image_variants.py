@@ -8,7 +8,8 @@ split (the test split stays for the real runs). One seed, no Horovod: a quick sc
 A variant name is dash-separated parts: ``cropN`` (the central N px, as train.image_crop_px), ``fA_B_C`` (conv
 filters, as train.cnn_filters), ``dbl`` (two convs per block), ``centreN`` (the central NxN pixels also fed
 directly to the head), ``logratio`` (log(R/G) and log(G/B) of every pixel as two more input channels),
-``apcolN`` (the log colour ratios and log level of the central NxN pixels' summed channels fed to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout). Variants without ``dbl``,
+``apcolN`` (the log colour ratios and log level of the central NxN pixels' summed channels fed to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout); ``rings`` alone is no CNN: a dense network on 22
+aperture and annulus measurements of the cutout (brightness, colour, profile, sky), the yardstick a CNN must beat. Variants without ``dbl``,
 ``centreN``, ``logratio`` or ``apcolN`` are models.build_model's small_cnn; the others copy its layout (Conv2D 3x3 relu + BatchNorm +
 MaxPool 2x2 per block, global average pooling, Dense 64 relu, Dropout 0.2, softmax).
 Batches of 128 with random flips and quarter turns; Adam 2e-3, 1e-3 for the last two epochs (``--schedule cosine``:
@@ -60,6 +61,8 @@ def build(name: str):
 
     layers = tf.keras.layers
     image = tf.keras.Input((64, 64, 3), name="image")
+    if name == "rings":
+        return _rings_network(image)
     filters, crop, convs, centre, logratio, aperture = (32, 64, 128, 128), 0, 1, 0, False, 0
     for part in name.split("-"):
         if part.startswith("crop"):
@@ -103,6 +106,39 @@ def build(name: str):
 
 
 _EPS = 2.0 / 255.0  # about the JPEG's quantisation: keeps the ratios of dark sky finite
+# Annuli (inner, outer radius in px from the centre of the 64 px cutout) whose sky-subtracted channel sums the
+# ``rings`` network sees; the sky is the mean of the pixels beyond SKY_RADIUS_PX.
+RINGS_PX = ((0, 2), (0, 3), (0, 5), (3, 6), (6, 10))
+SKY_RADIUS_PX = 28
+
+
+def _rings_network(image):
+    """No convolutions: a dense network on 21 numbers measured on the cutout (the logs of the sky-subtracted sums of
+    each channel in five apertures and annuli, the two colour ratios of the 3 px aperture, log(R/G) and log(G/B) (R,
+    G, B = i, r, g in SDSS composites), its concentration, and the sky level of each channel). It knows an object's brightness, colour and profile and nothing else, so what the
+    CNN gets beyond it is what the pixels carry beyond a profile."""
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    radius = np.hypot(yy, xx)
+    masks = np.stack([(radius >= lo) & (radius < hi) for lo, hi in RINGS_PX] + [radius > SKY_RADIUS_PX], -1)
+    masks = tf.constant(masks.astype(np.float32))  # (64, 64, rings + 1)
+    areas = tf.reduce_sum(masks, axis=[0, 1])
+
+    def measure(t):
+        sums = tf.einsum("bhwc,hwk->bkc", t * 255.0, masks)  # (batch, rings + 1, channel)
+        sky = sums[:, -1:, :] / areas[-1]
+        flux = sums[:, :-1, :] - sky * areas[:-1, None]
+        logs = tf.math.log(tf.maximum(flux + 5.0, 1.0))
+        colours = logs[:, 1, :2] - logs[:, 1, 1:]  # log(R/G), log(G/B) in the 3 px aperture
+        concentration = logs[:, 0, :1] - logs[:, 2, :1]
+        return tf.concat([tf.reshape(logs, (-1, len(RINGS_PX) * 3)), colours, concentration, sky[:, 0, :] / 255.0],
+                         axis=-1)
+
+    x = layers.BatchNormalization()(layers.Lambda(measure)(image))
+    x = layers.Dense(64, activation="relu")(layers.Dense(128, activation="relu")(x))
+    return tf.keras.Model(image, layers.Dense(3, activation="softmax")(x))
 
 
 def _log_ratios(t):
@@ -156,6 +192,30 @@ def ensemble(files) -> int:
     return 0
 
 
+def by_brightness(files, bins: int = 5) -> int:
+    """STAR/QSO accuracy and QSO F1 of saved validation probabilities in bins of equal size by the central 4x4 px'
+    summed channels (the brightness of the core): where in brightness a model tells stars from QSOs."""
+    x, y, objid = load("validation")
+    core = x[:, 30:34, 30:34].astype(np.int64).sum(axis=(1, 2, 3))
+    edges = np.quantile(core, np.linspace(0, 1, bins + 1))
+    which = np.clip(np.searchsorted(edges, core, side="right") - 1, 0, bins - 1)
+    for f in files:
+        saved = np.load(f)
+        if not np.array_equal(saved["objid"], objid):
+            raise SystemExit(f"{f} holds other validation objects than the bench's table")
+        pred = saved["p1"].argmax(axis=1)
+        print(f"{os.path.basename(f)}: {_scored(y, pred)}")
+        for b in range(bins):
+            in_bin = which == b
+            stars_qsos = in_bin & (y > 0)
+            print(f"  core {edges[b]:6.0f}-{edges[b + 1]:6.0f}: {int(in_bin.sum()):,} objects (GALAXY/STAR/QSO "
+                  f"{[int(((y == c) & in_bin).sum()) for c in range(3)]}), accuracy "
+                  f"{float((pred[in_bin] == y[in_bin]).mean()):.3f}, STAR/QSO objects right "
+                  f"{float((pred[stars_qsos] == y[stars_qsos]).mean()):.3f}, QSO F1 "
+                  f"{f1_scores(y[in_bin], pred[in_bin])[2]:.3f}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -169,9 +229,13 @@ def main(argv=None) -> int:
                         help="step: 2e-3, then half for --low-lr-epochs; cosine: 2e-3 decayed to 0 over the run")
     parser.add_argument("--ensemble", nargs="+", metavar="NPZ",
                         help="only average saved validation probabilities of earlier runs and score them")
+    parser.add_argument("--by-brightness", nargs="+", metavar="NPZ",
+                        help="only score saved validation probabilities in five bins of core brightness")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.ensemble:
         return ensemble(args.ensemble)
+    if args.by_brightness:
+        return by_brightness(args.by_brightness)
     names, n_train, epochs = args.names.split(","), args.n_train, args.epochs
     import tensorflow as tf
 

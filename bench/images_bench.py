@@ -351,6 +351,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=4, help="small_cnn epochs")
     parser.add_argument("--patience", type=int, default=6,
                         help="early stopping patience (epochs without val_loss progress) of the small_cnn runs")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="train.lr_schedule of the small_cnn runs: constant (halved on val_loss plateaus of 2 "
+                             "epochs) or cosine (decayed to 0 by the last of --epochs)")
     parser.add_argument("--steps-per-epoch", type=int, default=None,
                         help="small_cnn steps per epoch (default: the whole train split)")
     parser.add_argument("--large-backbones", default="resnet50,efficientnetb2")
@@ -409,6 +412,8 @@ def main(argv=None) -> int:
             # of the same settings went on to 24 epochs and 0.905.
             small = dict(backbone="small_cnn", batch_size=64, epochs=args.epochs, reduce_lr_patience=2,
                          early_stopping_patience=args.patience, class_weights=args.class_weights)
+            if args.lr_schedule == "cosine":
+                small.update(lr_schedule="cosine", reduce_lr_patience="null")
             if args.steps_per_epoch:
                 small["steps_per_epoch"] = args.steps_per_epoch
             # The best model first, then the pairs (they need its weights), then what the time left allows: every

@@ -192,8 +192,8 @@ def fit_cutout(body: bytes, size_px: int, fit: str) -> tuple[bytes, int]:
         if sampling in (0, 1, 2) and left % (8 if sampling == 0 else 16) == 0:
             # A crop along the source's block grid, saved with the source's own quantisation tables and chroma
             # subsampling, gives back the same DCT blocks: the source's pixels to within rounding (mean 0.06 of
-            # 255 over real getjpeg cutouts, 0.7 for a quality-90 re-encode) in fewer bytes. A second, different
-            # compression would blur the core's colour, which is what tells a QSO from a star.
+            # 255 over real getjpeg cutouts, 0.7 for a quality-90 re-encode) in fewer bytes. The lake then holds
+            # what SkyServer sent, not a second compression of it (README: what that changes for the models).
             return _encode(crop, qtables=image.quantization, subsampling=sampling), width
     return _encode(crop), width
 
