@@ -179,10 +179,19 @@ def _scored(truth, pred) -> str:
     return f"validation accuracy {float((pred == truth).mean()):.4f}, F1 GALAXY/STAR/QSO {f1_scores(truth, pred)}"
 
 
+def _by_objid(saved) -> dict:
+    """A saved validation file's arrays in objid order: a rebuilt table may list the same objects in another order."""
+    order = np.argsort(saved["objid"])
+    return {k: saved[k][order] for k in ("p1", "p8", "y", "objid")}
+
+
 def ensemble(files) -> int:
     """Accuracy and F1 of the mean of saved validation probabilities (one file per trained model)."""
-    probs = [np.load(f) for f in files]
+    probs = [_by_objid(np.load(f)) for f in files]
     truth = probs[0]["y"]
+    for p, f in zip(probs, files):
+        if not np.array_equal(p["objid"], probs[0]["objid"]):
+            raise SystemExit(f"{f} holds other validation objects than {files[0]}")
     for key in ("p1", "p8"):
         members = [p[key] for p in probs]
         for p, f in zip(members, files):
@@ -196,11 +205,13 @@ def by_brightness(files, bins: int = 5) -> int:
     """STAR/QSO accuracy and QSO F1 of saved validation probabilities in bins of equal size by the central 4x4 px'
     summed channels (the brightness of the core): where in brightness a model tells stars from QSOs."""
     x, y, objid = load("validation")
+    order = np.argsort(objid)
+    x, y, objid = x[order], y[order], objid[order]
     core = x[:, 30:34, 30:34].astype(np.int64).sum(axis=(1, 2, 3))
     edges = np.quantile(core, np.linspace(0, 1, bins + 1))
     which = np.clip(np.searchsorted(edges, core, side="right") - 1, 0, bins - 1)
     for f in files:
-        saved = np.load(f)
+        saved = _by_objid(np.load(f))
         if not np.array_equal(saved["objid"], objid):
             raise SystemExit(f"{f} holds other validation objects than the bench's table")
         pred = saved["p1"].argmax(axis=1)
