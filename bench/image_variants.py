@@ -8,15 +8,18 @@ split (the test split stays for the real runs). One seed, no Horovod: a quick sc
 A variant name is dash-separated parts: ``cropN`` (the central N px, as train.image_crop_px), ``fA_B_C`` (conv
 filters, as train.cnn_filters), ``dbl`` (two convs per block), ``centreN`` (the central NxN pixels also fed
 directly to the head), ``logratio`` (log(R/G) and log(G/B) of every pixel as two more input channels),
-``apcolN`` (the log colour ratios and log level of the central NxN pixels' summed channels fed to the head), ``base`` (none of these: small_cnn on the whole 64 px cutout); ``rings`` alone is no CNN: a dense network on 22
-aperture and annulus measurements of the cutout (brightness, colour, profile, sky), the yardstick a CNN must beat. Variants without ``dbl``,
-``centreN``, ``logratio`` or ``apcolN`` are models.build_model's small_cnn; the others copy its layout (Conv2D 3x3 relu + BatchNorm +
-MaxPool 2x2 per block, global average pooling, Dense 64 relu, Dropout 0.2, softmax).
+``apcolN`` (the log colour ratios and log level of the central NxN pixels' summed channels fed to the head),
+``base`` (none of these: small_cnn on the whole 64 px cutout). Variants without ``dbl``, ``centreN``, ``logratio``
+or ``apcolN`` are models.build_model's small_cnn; the others copy its layout (Conv2D 3x3 relu + BatchNorm +
+MaxPool 2x2 per block, global average pooling, Dense 64 relu, Dropout 0.2, softmax). ``rings`` alone is no CNN:
+a dense network on 21 aperture and annulus measurements of the cutout (brightness, colour, profile, sky), the
+yardstick a CNN must beat.
 Batches of 128 with random flips and quarter turns; Adam 2e-3, 1e-3 for the last two epochs (``--schedule cosine``:
 2e-3 decayed to 0 along a cosine over the run's steps). Prints validation
 accuracy and per-class F1 after every epoch and a RESULT line per variant (with the accuracy of the softmax averaged
 over the eight orientations of each image); writes bench-results/image_variants-s<seed>.json and each model's
-validation probabilities under bench-results/images/variant-probs/, which ``--ensemble FILE...`` averages.
+validation probabilities under bench-results/images/variant-probs/, which ``--ensemble FILE...`` averages and
+``--by-brightness FILE...`` scores in fifths of core brightness.
 """
 from __future__ import annotations
 
@@ -115,8 +118,9 @@ SKY_RADIUS_PX = 28
 def _rings_network(image):
     """No convolutions: a dense network on 21 numbers measured on the cutout (the logs of the sky-subtracted sums of
     each channel in five apertures and annuli, the two colour ratios of the 3 px aperture, log(R/G) and log(G/B) (R,
-    G, B = i, r, g in SDSS composites), its concentration, and the sky level of each channel). It knows an object's brightness, colour and profile and nothing else, so what the
-    CNN gets beyond it is what the pixels carry beyond a profile."""
+    G, B = i, r, g in SDSS composites), its concentration, and the sky level of each channel). It knows an object's
+    brightness, colour and profile and nothing else, so what the CNN gets beyond it is what the pixels carry beyond
+    a profile."""
     import tensorflow as tf
 
     layers = tf.keras.layers
@@ -295,7 +299,8 @@ def main(argv=None) -> int:
                   "img_per_s": round(n_train * epochs / seconds), "curve": rows}
         print("RESULT", json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
         results.append(result)
-        saved = os.path.join(RESULTS, "images", "variant-probs", f"{name}-n{n_train}-e{epochs}-s{args.seed}-{args.schedule}.npz")
+        saved = os.path.join(RESULTS, "images", "variant-probs",
+                             f"{name}-n{n_train}-e{epochs}-s{args.seed}-{args.schedule}.npz")
         os.makedirs(os.path.dirname(saved), exist_ok=True)
         np.savez(saved, p1=p1, p8=p8, y=y_val, objid=val_ids)
         print(f"validation probabilities: {os.path.relpath(saved, REPO)}", flush=True)
