@@ -183,19 +183,26 @@ def _scored(truth, pred) -> str:
     return f"validation accuracy {float((pred == truth).mean()):.4f}, F1 GALAXY/STAR/QSO {f1_scores(truth, pred)}"
 
 
-def _by_objid(saved) -> dict:
-    """A saved validation file's arrays in objid order: a rebuilt table may list the same objects in another order."""
-    order = np.argsort(saved["objid"])
-    return {k: saved[k][order] for k in ("p1", "p8", "y", "objid")}
+def _load_aligned(files, objid=None) -> list:
+    """Saved validation files' arrays in objid order (a rebuilt table may list the same objects in another order),
+    checked to hold the same objects as the first file, or as ``objid`` (sorted) when given."""
+    saved = []
+    for f in files:
+        data = np.load(f)
+        order = np.argsort(data["objid"])
+        saved.append({k: data[k][order] for k in ("p1", "p8", "y", "objid")})
+    expected = saved[0]["objid"] if objid is None else objid
+    for data, f in zip(saved, files):
+        if not np.array_equal(data["objid"], expected):
+            raise SystemExit(f"{f} holds other validation objects than "
+                             f"{files[0] if objid is None else 'the bench table'}")
+    return saved
 
 
 def ensemble(files) -> int:
     """Accuracy and F1 of the mean of saved validation probabilities (one file per trained model)."""
-    probs = [_by_objid(np.load(f)) for f in files]
+    probs = _load_aligned(files)
     truth = probs[0]["y"]
-    for p, f in zip(probs, files):
-        if not np.array_equal(p["objid"], probs[0]["objid"]):
-            raise SystemExit(f"{f} holds other validation objects than {files[0]}")
     for key in ("p1", "p8"):
         members = [p[key] for p in probs]
         for p, f in zip(members, files):
@@ -214,10 +221,7 @@ def by_brightness(files, bins: int = 5) -> int:
     core = x[:, 30:34, 30:34].astype(np.int64).sum(axis=(1, 2, 3))
     edges = np.quantile(core, np.linspace(0, 1, bins + 1))
     which = np.clip(np.searchsorted(edges, core, side="right") - 1, 0, bins - 1)
-    for f in files:
-        saved = _by_objid(np.load(f))
-        if not np.array_equal(saved["objid"], objid):
-            raise SystemExit(f"{f} holds other validation objects than the bench's table")
+    for f, saved in zip(files, _load_aligned(files, objid)):
         pred = saved["p1"].argmax(axis=1)
         print(f"{os.path.basename(f)}: {_scored(y, pred)}")
         for b in range(bins):

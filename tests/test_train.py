@@ -333,15 +333,20 @@ def _tiny_conf(conf_for, tmp_path, **train):
     return conf_for(train={**TINY_TRAIN, **train}), stats
 
 
+def _build_plan(conf, version: str = "v1"):
+    """train.build_plan on the statistics the training table of ``conf``'s lake holds."""
+    stats = input_pipeline.load_training_stats(lake.training_stats_path(conf.lake.path("root")))
+    return train_module.build_plan(conf, stats, version)
+
+
 def test_an_unshardable_split_is_warned_about_once_for_all_phases(conf_for, tmp_path, caplog):
     """A validation split of one row group cannot be sharded over 2 processes: one warning naming the split (not
     one per model phase), none for the shardable train split."""
     write_training_lake(tmp_path / "lake", rows_per_group={"train": 40, "validation": 80, "test": 40},
                         files_per_split=1)
     conf = conf_for(train={**TINY_TRAIN, "mode": "multimodal", "version": "v1"})
-    stats = input_pipeline.load_training_stats(lake.training_stats_path(conf.lake.path("root")))
     with caplog.at_level("WARNING", logger="skyclass.train"):
-        plan = train_module.build_plan(conf, stats, "v1")
+        plan = _build_plan(conf)
     assert len(plan.phases) == 2
     warned = [r.getMessage() for r in caplog.records if "fewer than the 2 processes" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("the validation split has 1 row group(s)")
@@ -349,8 +354,7 @@ def test_an_unshardable_split_is_warned_about_once_for_all_phases(conf_for, tmp_
 
 def test_plan_gives_every_process_the_same_steps(conf_for, tmp_path):
     conf, stats = _tiny_conf(conf_for, tmp_path, mode="multimodal", version="v1")
-    plan = train_module.build_plan(conf, input_pipeline.load_training_stats(
-        lake.training_stats_path(conf.lake.path("root"))), "v1")
+    plan = _build_plan(conf)
     main, tabular = plan.phases
     assert (main.name, main.spec.mode, tabular.name, tabular.spec.mode) == ("main", "multimodal", "tabular",
                                                                             "tabular")
@@ -376,8 +380,7 @@ def test_cosine_schedule_sets_every_step_rate_from_warmup_to_zero_and_resumes_on
 
     conf, _ = _tiny_conf(conf_for, tmp_path, mode="tabular", version="v1", lr_schedule="cosine",
                          reduce_lr_patience=None)
-    stats = input_pipeline.load_training_stats(lake.training_stats_path(conf.lake.path("root")))
-    assert train_module.build_plan(conf, stats, "v1").lr_schedule == "cosine"
+    assert _build_plan(conf).lr_schedule == "cosine"
     finder = doctest.DocTestFinder().find(train_module.cosine_learning_rate)
     assert sum(doctest.DocTestRunner().run(t).failed for t in finder) == 0 and finder[0].examples
 
